@@ -1,0 +1,165 @@
+//! A Rust client for natter: what programs, tools and natter's own tests use to talk to a server.
+//!
+//! - [`register`], [`login`], [`logout`]: the account endpoints over HTTP.
+//! - [`Client`]: one WebSocket session that stays up by itself. It reconnects with exponential
+//!   backoff and jitter, resumes every room from the last sequence it received (nothing lost,
+//!   nothing twice), pings to detect a dead server, and retries sends with the same
+//!   `client_msg_id` so a retry never stores a message twice.
+//!
+//! Events arrive on [`Client::next_event`] in the order the server sent them. The client does
+//! not reorder or deduplicate: that is the server's guarantee, and tests check it through here.
+
+mod connection;
+
+pub use connection::{Client, ClientEvent, ConnectionState, Options};
+pub use natter_protocol as protocol;
+
+use natter_protocol::{CloseCode, ErrorCode, UserInfo};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ClientError {
+    /// The server answered the request with an error frame or an HTTP error.
+    #[error("{code:?}: {message}")]
+    Server {
+        code: ErrorCode,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+    /// The connection dropped before the reply came. Retrying is safe for sends.
+    #[error("disconnected before the reply arrived")]
+    Disconnected,
+    /// No reply within the request timeout.
+    #[error("timed out waiting for the reply")]
+    Timeout,
+    /// The client was closed, or the server ended the session for good (auth failed, revoked).
+    #[error("the client is closed ({0:?})")]
+    Closed(Option<CloseCode>),
+    /// The server could not be reached, or said something that is not natter's protocol.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A login: the token to connect with, and who it belongs to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Auth {
+    pub token: String,
+    pub user: UserInfo,
+    pub is_admin: bool,
+}
+
+#[derive(Deserialize)]
+struct HttpError {
+    code: ErrorCode,
+    message: String,
+}
+
+async fn post(
+    base_url: &str,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> Result<reqwest::Response, ClientError> {
+    let url = format!("{}{path}", base_url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    match response.json::<HttpError>().await {
+        Ok(error) => Err(ClientError::Server {
+            code: error.code,
+            message: error.message,
+            retry_after_ms: None,
+        }),
+        Err(_) => Err(ClientError::Transport(format!("HTTP {status}"))),
+    }
+}
+
+async fn auth_reply(response: reqwest::Response) -> Result<Auth, ClientError> {
+    response
+        .json()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))
+}
+
+/// Creates an account on the server at `base_url` (`http://host:port`) and logs it in.
+pub async fn register(
+    base_url: &str,
+    username: &str,
+    password: &str,
+    display_name: Option<&str>,
+) -> Result<Auth, ClientError> {
+    register_as(base_url, None, username, password, display_name).await
+}
+
+/// Like [`register`], authenticated as `admin_token` (needed when registration is closed).
+pub async fn register_as(
+    base_url: &str,
+    admin_token: Option<&str>,
+    username: &str,
+    password: &str,
+    display_name: Option<&str>,
+) -> Result<Auth, ClientError> {
+    let body = json!({"username": username, "password": password, "display_name": display_name});
+    auth_reply(post(base_url, "/api/v1/register", admin_token, body).await?).await
+}
+
+pub async fn login(base_url: &str, username: &str, password: &str) -> Result<Auth, ClientError> {
+    let body = json!({"username": username, "password": password});
+    auth_reply(post(base_url, "/api/v1/login", None, body).await?).await
+}
+
+/// Revokes the token; its open sessions are closed by the server.
+pub async fn logout(base_url: &str, token: &str) -> Result<(), ClientError> {
+    post(base_url, "/api/v1/logout", Some(token), json!({}))
+        .await
+        .map(|_| ())
+}
+
+/// The WebSocket URL for a server's base URL: `http://h:p` → `ws://h:p/api/v1/ws`.
+pub fn websocket_url(base_url: &str) -> String {
+    let base = base_url.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{base}{}", natter_protocol::WS_PATH)
+}
+
+/// A fresh `client_msg_id`: 128 random bits, hex.
+pub fn new_client_msg_id() -> natter_protocol::ClientMsgId {
+    let mut bytes = [0u8; 16];
+    // getrandom fails only without an OS random source; fall back to time + counter uniqueness.
+    if getrandom::fill(&mut bytes).is_err() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+        bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    natter_protocol::ClientMsgId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

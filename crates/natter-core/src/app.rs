@@ -1,0 +1,169 @@
+//! `App`: the cheap-to-clone handle every session and service works through.
+
+use crate::hub::Hub;
+use crate::in_process::InProcessBroker;
+use crate::ports::{Broker, Envelope, Store};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The limits the server enforces. Every one is configurable (the `[limits]` table of the config
+/// file, same names); the defaults suit a team server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket frame accepted; a larger one closes the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Largest message body, in bytes of UTF-8.
+    pub max_message_bytes: usize,
+    /// Longest channel name, in characters.
+    pub max_room_name_chars: usize,
+    /// Longest channel topic, in characters.
+    pub max_topic_chars: usize,
+    /// Most members of a group direct message.
+    pub max_group_members: usize,
+    /// Most messages in one `history` page.
+    pub max_history_page: u32,
+    /// On resume, a room more than this many events behind gets a `gap` frame and only the newest
+    /// this many events.
+    pub resume_gap_limit: u32,
+    /// Frames queued for one connection before it is closed as a slow consumer.
+    pub outbox_capacity: usize,
+    /// Sustained requests per second per connection.
+    pub rate_per_sec: f64,
+    /// Requests a connection may send in a burst above the sustained rate.
+    pub rate_burst: f64,
+    /// How often the server sends a `heartbeat` frame.
+    pub heartbeat_interval_ms: u64,
+    /// A connection from which nothing arrives for this long is closed.
+    pub heartbeat_timeout_ms: u64,
+    /// How long a new connection may take to send `hello`.
+    pub auth_timeout_ms: u64,
+    /// How long a session holds an out-of-order event, waiting for the missing ones from the
+    /// broker, before it reads them from the store.
+    pub reorder_wait_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 16 * 1024,
+            max_room_name_chars: 80,
+            max_topic_chars: 250,
+            max_group_members: 16,
+            max_history_page: 200,
+            resume_gap_limit: 1000,
+            outbox_capacity: 1024,
+            rate_per_sec: 20.0,
+            rate_burst: 100.0,
+            heartbeat_interval_ms: 25_000,
+            heartbeat_timeout_ms: 60_000,
+            auth_timeout_ms: 10_000,
+            reorder_wait_ms: 100,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the values against each other; the error names the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let rules: [(bool, &str); 9] = [
+            (
+                self.max_frame_bytes >= 1024,
+                "max_frame_bytes must be at least 1024",
+            ),
+            (
+                self.max_message_bytes >= 1 && self.max_message_bytes < self.max_frame_bytes,
+                "max_message_bytes must be at least 1 and below max_frame_bytes",
+            ),
+            (
+                self.max_group_members >= 3,
+                "max_group_members must be at least 3",
+            ),
+            (
+                self.max_history_page >= 1,
+                "max_history_page must be at least 1",
+            ),
+            (
+                self.resume_gap_limit >= 1,
+                "resume_gap_limit must be at least 1",
+            ),
+            (
+                self.outbox_capacity >= 16,
+                "outbox_capacity must be at least 16",
+            ),
+            (
+                self.rate_per_sec > 0.0 && self.rate_burst >= 1.0,
+                "rate_per_sec must be above 0 and rate_burst at least 1",
+            ),
+            (
+                self.heartbeat_interval_ms >= 100
+                    && self.heartbeat_timeout_ms > self.heartbeat_interval_ms,
+                "heartbeat_interval_ms must be at least 100 and below heartbeat_timeout_ms",
+            ),
+            (
+                self.auth_timeout_ms >= 100,
+                "auth_timeout_ms must be at least 100",
+            ),
+        ];
+        match rules.iter().find(|(ok, _)| !ok) {
+            Some((_, rule)) => Err(format!("limits.{rule}")),
+            None => Ok(()),
+        }
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+
+    pub fn wire(&self) -> natter_protocol::frame::Limits {
+        natter_protocol::frame::Limits {
+            max_frame_bytes: self.max_frame_bytes as u32,
+            max_message_bytes: self.max_message_bytes as u32,
+            max_history_page: self.max_history_page,
+            resume_gap_limit: self.resume_gap_limit,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            heartbeat_timeout_ms: self.heartbeat_timeout_ms,
+        }
+    }
+}
+
+/// Ties the ports, the hub and the limits together. Cloning is cheap: every field is shared.
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub hub: Hub,
+    pub limits: Arc<Limits>,
+}
+
+impl App {
+    /// One node on its own: events go straight from the publisher to this process's hub.
+    pub fn single_node(store: Arc<dyn Store>, limits: Limits) -> App {
+        let hub = Hub::new();
+        let broker = Arc::new(InProcessBroker::new(hub.clone()));
+        App {
+            store,
+            broker,
+            hub,
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// Publishes after a commit. A broker failure is logged, not returned: the event is durable,
+    /// and sessions that missed it read it from the store at their next gap or resume.
+    pub async fn publish(&self, envelope: Envelope) {
+        if let Err(error) = self.broker.publish(envelope).await {
+            tracing::warn!(%error, "publish failed; subscribers will read the event from the store");
+        }
+    }
+}

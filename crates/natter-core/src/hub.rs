@@ -1,0 +1,274 @@
+//! The hub: which sessions on this node are in which room, and the fan-out to them.
+//!
+//! Delivery encodes a room event once and enqueues the shared bytes into each subscriber's
+//! [`Outbox`]. It never waits on a session: a full outbox closes that session (it resumes), and
+//! the fan-out goes on. The hub knows nothing of order; sessions restore it.
+
+use crate::ports::broker::{Envelope, UserNotice};
+use crate::ports::store::TokenId;
+use crate::session::encode_event;
+use crate::session::outbox::{Outbound, Outbox};
+use natter_protocol::{CloseCode, RoomId, UserId};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Identifies one registered session on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionKey(u64);
+
+struct Entry {
+    user_id: UserId,
+    token: TokenId,
+    outbox: Arc<Outbox>,
+    rooms: HashSet<RoomId>,
+}
+
+#[derive(Default)]
+struct State {
+    next_key: u64,
+    sessions: HashMap<SessionKey, Entry>,
+    by_room: HashMap<RoomId, HashSet<SessionKey>>,
+    by_user: HashMap<UserId, HashSet<SessionKey>>,
+}
+
+impl State {
+    fn subscribe(&mut self, key: SessionKey, room_id: RoomId) {
+        if let Some(entry) = self.sessions.get_mut(&key)
+            && entry.rooms.insert(room_id)
+        {
+            self.by_room.entry(room_id).or_default().insert(key);
+        }
+    }
+
+    fn unsubscribe(&mut self, key: SessionKey, room_id: RoomId) {
+        if let Some(entry) = self.sessions.get_mut(&key) {
+            entry.rooms.remove(&room_id);
+        }
+        if let Some(keys) = self.by_room.get_mut(&room_id) {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.by_room.remove(&room_id);
+            }
+        }
+    }
+}
+
+/// A cheap-to-clone handle to this node's registry of sessions.
+///
+/// The lock is a std `Mutex`: every critical section is a few map operations and queue pushes,
+/// with no await inside, so an async lock would only add cost.
+#[derive(Clone, Default)]
+pub struct Hub {
+    state: Arc<Mutex<State>>,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves maps that are still consistent (each operation
+        // is a handful of inserts/removes), so recover rather than poison every connection.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(&self, user_id: UserId, token: TokenId, outbox: Arc<Outbox>) -> SessionKey {
+        let mut state = self.lock();
+        state.next_key += 1;
+        let key = SessionKey(state.next_key);
+        state.sessions.insert(
+            key,
+            Entry {
+                user_id,
+                token,
+                outbox,
+                rooms: HashSet::new(),
+            },
+        );
+        state.by_user.entry(user_id).or_default().insert(key);
+        key
+    }
+
+    pub fn subscribe(&self, key: SessionKey, rooms: impl IntoIterator<Item = RoomId>) {
+        let mut state = self.lock();
+        for room_id in rooms {
+            state.subscribe(key, room_id);
+        }
+    }
+
+    pub fn unregister(&self, key: SessionKey) {
+        let mut state = self.lock();
+        let Some(entry) = state.sessions.remove(&key) else {
+            return;
+        };
+        for room_id in &entry.rooms {
+            if let Some(keys) = state.by_room.get_mut(room_id) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    state.by_room.remove(room_id);
+                }
+            }
+        }
+        if let Some(keys) = state.by_user.get_mut(&entry.user_id) {
+            keys.remove(&key);
+            if keys.is_empty() {
+                state.by_user.remove(&entry.user_id);
+            }
+        }
+    }
+
+    /// Hands an envelope to the local sessions it concerns. Never blocks on a session.
+    pub fn deliver(&self, envelope: Envelope) {
+        match envelope {
+            Envelope::Room(record) => {
+                let state = self.lock();
+                let Some(keys) = state.by_room.get(&record.room_id) else {
+                    return;
+                };
+                let frame = encode_event(&record);
+                for key in keys {
+                    if let Some(entry) = state.sessions.get(key) {
+                        entry.outbox.push(Outbound::Event {
+                            room_id: record.room_id,
+                            seq: record.seq,
+                            frame: frame.clone(),
+                        });
+                    }
+                }
+            }
+            Envelope::User { user_id, notice } => {
+                let mut state = self.lock();
+                let keys: Vec<SessionKey> = state
+                    .by_user
+                    .get(&user_id)
+                    .map(|keys| keys.iter().copied().collect())
+                    .unwrap_or_default();
+                for key in keys {
+                    match &notice {
+                        UserNotice::RoomAdded { room_id, .. } => state.subscribe(key, *room_id),
+                        UserNotice::RoomRemoved { room_id, .. } => state.unsubscribe(key, *room_id),
+                        UserNotice::TokenRevoked { token } => {
+                            if let Some(entry) = state.sessions.get(&key)
+                                && entry.token == *token
+                            {
+                                entry.outbox.close(CloseCode::Revoked);
+                            }
+                            continue;
+                        }
+                    }
+                    if let Some(entry) = state.sessions.get(&key) {
+                        entry.outbox.push(Outbound::Notice(notice.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells every session to end with `code` (used at shutdown).
+    pub fn close_all(&self, code: CloseCode) {
+        for entry in self.lock().sessions.values() {
+            entry.outbox.close(code);
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::store::EventRecord;
+    use natter_protocol::{RoomEvent, RoomSeq};
+
+    fn record(room: i64, seq: u64) -> Envelope {
+        Envelope::Room(Arc::new(EventRecord {
+            room_id: RoomId(room),
+            seq: RoomSeq(seq),
+            at: 0,
+            actor: UserId(1),
+            event: RoomEvent::MessageDeleted {
+                message_id: natter_protocol::MessageId(1),
+            },
+        }))
+    }
+
+    fn take_now(outbox: &Outbox) -> Vec<Outbound> {
+        let mut items = Vec::new();
+        outbox.try_take(&mut items).unwrap();
+        items
+    }
+
+    #[test]
+    fn a_room_event_reaches_only_the_sessions_subscribed_to_that_room() {
+        let hub = Hub::new();
+        let inside = Arc::new(Outbox::new(8));
+        let outside = Arc::new(Outbox::new(8));
+        let a = hub.register(UserId(1), TokenId([1; 32]), inside.clone());
+        let b = hub.register(UserId(2), TokenId([2; 32]), outside.clone());
+        hub.subscribe(a, [RoomId(7)]);
+        hub.subscribe(b, [RoomId(8)]);
+        hub.deliver(record(7, 1));
+        assert_eq!(take_now(&inside).len(), 1);
+        assert!(take_now(&outside).is_empty());
+    }
+
+    #[test]
+    fn the_event_is_encoded_once_and_shared() {
+        let hub = Hub::new();
+        let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new(8))).collect();
+        for (i, outbox) in outboxes.iter().enumerate() {
+            let key = hub.register(UserId(i as i64), TokenId([0; 32]), outbox.clone());
+            hub.subscribe(key, [RoomId(1)]);
+        }
+        hub.deliver(record(1, 1));
+        let frames: Vec<Arc<str>> = outboxes
+            .iter()
+            .map(|o| match take_now(o).pop() {
+                Some(Outbound::Event { frame, .. }) => frame,
+                other => panic!("expected an event, got {other:?}"),
+            })
+            .collect();
+        assert!(Arc::ptr_eq(&frames[0], &frames[1]) && Arc::ptr_eq(&frames[1], &frames[2]));
+    }
+
+    #[test]
+    fn a_removed_user_stops_receiving_and_an_unregistered_session_is_forgotten() {
+        let hub = Hub::new();
+        let outbox = Arc::new(Outbox::new(8));
+        let key = hub.register(UserId(1), TokenId([1; 32]), outbox.clone());
+        hub.subscribe(key, [RoomId(3)]);
+        hub.deliver(Envelope::User {
+            user_id: UserId(1),
+            notice: UserNotice::RoomRemoved {
+                room_id: RoomId(3),
+                at_seq: RoomSeq(4),
+            },
+        });
+        assert!(matches!(take_now(&outbox)[..], [Outbound::Notice(_)]));
+        hub.deliver(record(3, 5));
+        assert!(take_now(&outbox).is_empty());
+        hub.unregister(key);
+        assert_eq!(hub.session_count(), 0);
+    }
+
+    #[test]
+    fn revoking_a_token_closes_only_that_tokens_sessions() {
+        let hub = Hub::new();
+        let revoked = Arc::new(Outbox::new(8));
+        let other_device = Arc::new(Outbox::new(8));
+        hub.register(UserId(1), TokenId([1; 32]), revoked.clone());
+        hub.register(UserId(1), TokenId([2; 32]), other_device.clone());
+        hub.deliver(Envelope::User {
+            user_id: UserId(1),
+            notice: UserNotice::TokenRevoked {
+                token: TokenId([1; 32]),
+            },
+        });
+        let mut items = Vec::new();
+        assert_eq!(revoked.try_take(&mut items), Err(CloseCode::Revoked));
+        assert_eq!(other_device.try_take(&mut items), Ok(()));
+    }
+}

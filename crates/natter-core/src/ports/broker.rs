@@ -1,0 +1,42 @@
+//! `Broker`: carries committed events and user notices to every node's hub.
+//!
+//! Guarantee: best effort, at most once. A broker may drop, duplicate or reorder envelopes (Redis
+//! pub/sub drops whatever a lagging subscriber misses). That is safe because order and
+//! completeness come from the store: a session that sees a gap in a room's sequence fills it from
+//! the store, and drops what it has delivered already. A broker only makes delivery fast.
+//!
+//! Publishing happens after the store committed; it never blocks on a slow client.
+
+use crate::ports::store::{EventRecord, TokenId};
+use async_trait::async_trait;
+use natter_protocol::{RoomId, RoomSeq, UserId};
+use std::sync::Arc;
+
+/// What a broker carries.
+#[derive(Debug, Clone)]
+pub enum Envelope {
+    /// A committed room event, for every session subscribed to the room.
+    Room(Arc<EventRecord>),
+    /// A change in what one user's sessions should see.
+    User { user_id: UserId, notice: UserNotice },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserNotice {
+    /// The user became a member; the room's events from `from_seq` on are theirs to see.
+    RoomAdded { room_id: RoomId, from_seq: RoomSeq },
+    /// The user stopped being a member with event `at_seq`, the last of the room they see.
+    RoomRemoved { room_id: RoomId, at_seq: RoomSeq },
+    /// The login session with this token ended (logout): close its connections.
+    TokenRevoked { token: TokenId },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("broker unavailable: {0}")]
+pub struct BrokerError(pub String);
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Hands the envelope to every node's hub, this node's included, at most once.
+    async fn publish(&self, envelope: Envelope) -> Result<(), BrokerError>;
+}

@@ -1,0 +1,8 @@
+//! The traits through which the domain reaches the outside world. Each states its guarantee;
+//! every implementation must keep it (the store contract tests in `natter-server` check).
+
+pub mod broker;
+pub mod store;
+
+pub use broker::{Broker, Envelope, UserNotice};
+pub use store::{Change, EventRecord, HistoryPage, Store, StoreError, TokenId, UserRecord};

@@ -1,0 +1,323 @@
+//! A session: one authenticated client connection, whatever its transport.
+//!
+//! A transport authenticates the client's `hello`, then calls [`Session::start`], which returns
+//! two halves:
+//! - [`Session`] takes the client's requests one at a time and answers each with exactly one
+//!   frame (rate limited per connection);
+//! - [`SessionStream`](stream::SessionStream) yields the frames to write: the welcome, replies,
+//!   and every room's events in sequence order, with gaps filled from the store.
+//!
+//! The session subscribes to its rooms in the hub *before* it reads the room snapshot and the
+//! missed events, so an event committed in between arrives twice at worst, and the stream drops
+//! the second copy by its sequence.
+
+pub mod outbox;
+pub mod stream;
+
+use crate::App;
+use crate::hub::SessionKey;
+use crate::ports::store::{EventRecord, TokenId, UserRecord};
+use crate::services::{ServiceError, messages, rooms};
+use natter_protocol::frame::{ClientFrame, Request, ServerFrame};
+use natter_protocol::{ErrorCode, PROTOCOL_VERSION, RequestId, RoomId, RoomSeq, codec};
+use outbox::{Outbound, Outbox};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+pub use stream::SessionStream;
+
+/// The one place a committed event becomes wire bytes.
+pub(crate) fn encode_event(record: &EventRecord) -> Arc<str> {
+    Arc::from(codec::encode(&ServerFrame::Event {
+        room_id: record.room_id,
+        seq: record.seq,
+        at: record.at,
+        actor: record.actor,
+        event: record.event.clone(),
+    }))
+}
+
+/// A token bucket: `rate` requests per second, bursts up to `burst`.
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: f64, burst: f64) -> RateLimiter {
+        RateLimiter {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token, or says in how many milliseconds one will be there.
+    fn take(&mut self, now: Instant) -> Result<(), u64> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+/// The request half of a session. Dropping it removes the session from the hub.
+pub struct Session {
+    app: App,
+    user: UserRecord,
+    key: SessionKey,
+    outbox: Arc<Outbox>,
+    limiter: RateLimiter,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Registers the session, reads the user's rooms as one snapshot, subscribes to them, and
+    /// queues the `welcome` reply to `hello_id`. `resume` maps rooms to the last sequence the
+    /// client applied; events after it follow the welcome.
+    pub async fn start(
+        app: App,
+        user: UserRecord,
+        token: TokenId,
+        hello_id: RequestId,
+        resume: BTreeMap<RoomId, RoomSeq>,
+    ) -> Result<(Session, SessionStream), ServiceError> {
+        let outbox = Arc::new(Outbox::new(app.limits.outbox_capacity));
+        let key = app.hub.register(user.info.id, token, outbox.clone());
+        let rooms = match app.store.rooms_of(user.info.id).await {
+            Ok(rooms) => rooms,
+            Err(error) => {
+                app.hub.unregister(key);
+                return Err(error.into());
+            }
+        };
+        app.hub.subscribe(key, rooms.iter().map(|room| room.id));
+        let mut welcome_and_gaps = Vec::new();
+        let mut cursors = Vec::with_capacity(rooms.len());
+        let gap_limit = RoomSeq(app.limits.resume_gap_limit as u64);
+        for room in &rooms {
+            // A client cannot be ahead of the store; a claimed cursor past the end means "up to
+            // date" (it may come from a server that lost its data).
+            let mut cursor = resume
+                .get(&room.id)
+                .copied()
+                .unwrap_or(room.last_seq)
+                .min(room.last_seq);
+            if room.last_seq.0 - cursor.0 > gap_limit.0 {
+                let skip_to = RoomSeq(room.last_seq.0 - gap_limit.0);
+                welcome_and_gaps.push(ServerFrame::Gap {
+                    room_id: room.id,
+                    from_seq: cursor.next(),
+                    to_seq: skip_to,
+                });
+                cursor = skip_to;
+            }
+            cursors.push((room.id, cursor));
+        }
+        let welcome = ServerFrame::Welcome {
+            id: hello_id,
+            protocol: PROTOCOL_VERSION,
+            user: user.info.clone(),
+            is_admin: user.is_admin,
+            rooms,
+            limits: app.limits.wire(),
+        };
+        welcome_and_gaps.insert(0, welcome);
+        let first = welcome_and_gaps
+            .iter()
+            .map(|frame| Arc::from(codec::encode(frame)))
+            .collect();
+        let stream = SessionStream::new(app.clone(), user.info.id, outbox.clone(), first, cursors);
+        let session = Session {
+            limiter: RateLimiter::new(app.limits.rate_per_sec, app.limits.rate_burst),
+            heartbeat: spawn_heartbeat(outbox.clone(), app.limits.heartbeat_interval()),
+            app,
+            user,
+            key,
+            outbox,
+        };
+        Ok((session, stream))
+    }
+
+    /// Ends the connection with `code`: the stream yields it next.
+    pub fn close(&self, code: natter_protocol::CloseCode) {
+        self.outbox.close(code);
+    }
+
+    pub fn user(&self) -> &UserRecord {
+        &self.user
+    }
+
+    /// Queues a frame for this connection's writer (replies and transport-level errors).
+    pub fn queue(&self, frame: &ServerFrame) {
+        self.outbox
+            .push(Outbound::Frame(Arc::from(codec::encode(frame))));
+    }
+
+    /// Answers one request. Every request gets exactly one frame back.
+    pub async fn handle(&mut self, frame: ClientFrame) -> ServerFrame {
+        let id = frame.id;
+        if let Err(retry_after_ms) = self.limiter.take(Instant::now()) {
+            return ServerFrame::Error {
+                id: Some(id),
+                code: ErrorCode::RateLimited,
+                message: "too many requests".into(),
+                retryable: true,
+                retry_after_ms: Some(retry_after_ms),
+            };
+        }
+        match self.dispatch(id, frame.request).await {
+            Ok(reply) => reply,
+            Err(error) => ServerFrame::error(Some(id), error.code, error.message),
+        }
+    }
+
+    async fn dispatch(&self, id: RequestId, request: Request) -> Result<ServerFrame, ServiceError> {
+        let app = &self.app;
+        let user = &self.user;
+        let done = |seq: RoomSeq| ServerFrame::Done { id, seq: Some(seq) };
+        Ok(match request {
+            Request::Hello { .. } => {
+                return Err(ServiceError::new(
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection is authenticated already",
+                ));
+            }
+            Request::Ping => ServerFrame::Pong { id },
+            Request::Send {
+                room_id,
+                client_msg_id,
+                body,
+            } => {
+                let (message, duplicate) =
+                    messages::send(app, user, room_id, client_msg_id, body).await?;
+                ServerFrame::Sent {
+                    id,
+                    message,
+                    duplicate,
+                }
+            }
+            Request::Edit {
+                room_id,
+                message_id,
+                body,
+            } => done(messages::edit(app, user, room_id, message_id, body).await?),
+            Request::Delete {
+                room_id,
+                message_id,
+            } => done(messages::delete(app, user, room_id, message_id).await?),
+            Request::History {
+                room_id,
+                before,
+                after,
+                limit,
+            } => {
+                let (messages, has_more) =
+                    messages::history(app, user, room_id, before, after, limit).await?;
+                ServerFrame::History {
+                    id,
+                    room_id,
+                    messages,
+                    has_more,
+                }
+            }
+            Request::ListRooms => ServerFrame::Rooms {
+                id,
+                rooms: app.store.rooms_of(user.info.id).await?,
+            },
+            Request::PublicRooms => ServerFrame::Rooms {
+                id,
+                rooms: app.store.public_rooms(user.info.id).await?,
+            },
+            Request::CreateRoom {
+                name,
+                visibility,
+                topic,
+            } => ServerFrame::Room {
+                id,
+                room: rooms::create_channel(app, user, &name, visibility, &topic).await?,
+            },
+            Request::OpenDm { usernames } => ServerFrame::Room {
+                id,
+                room: rooms::open_dm(app, user, &usernames).await?,
+            },
+            Request::Join { room_id } => ServerFrame::Room {
+                id,
+                room: rooms::join(app, user, room_id).await?,
+            },
+            Request::Leave { room_id } => done(rooms::leave(app, user, room_id).await?),
+            Request::Invite { room_id, username } => {
+                done(rooms::invite(app, user, room_id, &username).await?)
+            }
+            Request::Kick { room_id, user_id } => {
+                done(rooms::kick(app, user, room_id, user_id).await?)
+            }
+            Request::SetRole {
+                room_id,
+                user_id,
+                role,
+            } => done(rooms::set_role(app, user, room_id, user_id, role).await?),
+            Request::UpdateRoom {
+                room_id,
+                name,
+                topic,
+            } => done(
+                rooms::update_room(app, user, room_id, name.as_deref(), topic.as_deref()).await?,
+            ),
+            Request::Members { room_id } => ServerFrame::Members {
+                id,
+                room_id,
+                members: rooms::members(app, user, room_id).await?,
+            },
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        self.app.hub.unregister(self.key);
+    }
+}
+
+/// Queues a `heartbeat` frame every `interval`, so the client can tell a quiet server from a dead
+/// one on every transport. Ephemeral: a client with a full queue gets other frames anyway.
+fn spawn_heartbeat(
+    outbox: Arc<Outbox>,
+    interval: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let frame: Arc<str> = Arc::from(codec::encode(&ServerFrame::Heartbeat));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            outbox.push(Outbound::Ephemeral(frame.clone()));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_rate_limiter_allows_a_burst_then_says_when_to_retry() {
+        let start = Instant::now();
+        let mut limiter = RateLimiter::new(10.0, 3.0);
+        for _ in 0..3 {
+            assert_eq!(limiter.take(start), Ok(()));
+        }
+        assert_eq!(limiter.take(start), Err(100));
+        assert_eq!(limiter.take(start + Duration::from_millis(100)), Ok(()));
+    }
+}

@@ -1,0 +1,151 @@
+//! Turning text into frames and back. JSON today; this is the one place to change that.
+//!
+//! Decoding a client frame distinguishes a frame that is not a request at all (`bad_frame`, no id
+//! to answer) from a request of an unknown type (`unknown_type`) and a known request with a bad
+//! field (`invalid_field`), so the client learns exactly what it got wrong.
+
+use crate::error::ErrorCode;
+use crate::frame::{ClientFrame, Request, ServerFrame};
+use crate::ids::RequestId;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Why a client frame could not be decoded, with the request id when one could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub id: Option<RequestId>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        DecodeError {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn into_frame(self) -> ServerFrame {
+        ServerFrame::error(self.id, self.code, self.message)
+    }
+}
+
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| DecodeError::new(None, ErrorCode::BadFrame, format!("not JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(DecodeError::new(
+            None,
+            ErrorCode::BadFrame,
+            "a frame must be a JSON object",
+        ));
+    };
+    let id = match object.get("id") {
+        Some(id) => id.as_u64().map(RequestId).ok_or_else(|| {
+            DecodeError::new(
+                None,
+                ErrorCode::BadFrame,
+                "`id` must be a non-negative integer",
+            )
+        })?,
+        None => {
+            return Err(DecodeError::new(
+                None,
+                ErrorCode::BadFrame,
+                "missing field `id`",
+            ));
+        }
+    };
+    match object.get("type") {
+        Some(Value::String(_)) => {}
+        _ => {
+            return Err(DecodeError::new(
+                Some(id),
+                ErrorCode::BadFrame,
+                "`type` must be a string",
+            ));
+        }
+    }
+    let request: Request = serde_json::from_value(value).map_err(|e| {
+        let message = e.to_string();
+        // serde reports an unknown tag as "unknown variant `x`, expected one of ..."; anything
+        // else is a field of a known request.
+        let code = if message.starts_with("unknown variant") {
+            ErrorCode::UnknownType
+        } else {
+            ErrorCode::InvalidField
+        };
+        DecodeError::new(Some(id), code, message)
+    })?;
+    Ok(ClientFrame { id, request })
+}
+
+pub fn decode_server_frame(text: &str) -> Result<ServerFrame, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// Encodes any frame. Protocol types always serialize: their maps have string or integer keys.
+pub fn encode<T: Serialize>(frame: &T) -> String {
+    serde_json::to_string(frame).expect("protocol frames always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> (Option<RequestId>, ErrorCode) {
+        let e = decode_client_frame(text).unwrap_err();
+        (e.id, e.code)
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_frame_without_id() {
+        assert_eq!(code_of("{not json"), (None, ErrorCode::BadFrame));
+        assert_eq!(code_of("[1,2]"), (None, ErrorCode::BadFrame));
+        assert_eq!(code_of(r#"{"type":"ping"}"#), (None, ErrorCode::BadFrame));
+        assert_eq!(
+            code_of(r#"{"id":-1,"type":"ping"}"#),
+            (None, ErrorCode::BadFrame)
+        );
+    }
+
+    #[test]
+    fn unknown_type_keeps_the_request_id() {
+        assert_eq!(
+            code_of(r#"{"id":3,"type":"fly"}"#),
+            (Some(RequestId(3)), ErrorCode::UnknownType)
+        );
+        assert_eq!(
+            code_of(r#"{"id":3,"type":7}"#),
+            (Some(RequestId(3)), ErrorCode::BadFrame)
+        );
+    }
+
+    #[test]
+    fn wrong_field_types_are_invalid_fields() {
+        assert_eq!(
+            code_of(r#"{"id":4,"type":"send","room_id":"x","client_msg_id":"a","body":"b"}"#),
+            (Some(RequestId(4)), ErrorCode::InvalidField)
+        );
+        assert_eq!(
+            code_of(r#"{"id":5,"type":"send","room_id":1}"#),
+            (Some(RequestId(5)), ErrorCode::InvalidField)
+        );
+    }
+
+    #[test]
+    fn a_client_frame_round_trips() {
+        let frame = ClientFrame {
+            id: RequestId(9),
+            request: Request::History {
+                room_id: crate::RoomId(2),
+                before: Some(crate::RoomSeq(40)),
+                after: None,
+                limit: Some(20),
+            },
+        };
+        assert_eq!(decode_client_frame(&encode(&frame)).unwrap(), frame);
+    }
+}

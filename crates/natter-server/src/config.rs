@@ -1,0 +1,219 @@
+//! Configuration: flags and environment variables for what every deployment sets, and an optional
+//! TOML file for the rest. Everything is validated before the server starts; an error names the
+//! option at fault.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use natter_core::Limits;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "natter",
+    version,
+    about = "A self-hosted real-time chat server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    /// Anyone may create an account.
+    Open,
+    /// Only the first account (the admin) registers itself; admins create the others.
+    Closed,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for natter's data (the SQLite database).
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = "./natter-data")]
+    pub data_dir: PathBuf,
+    /// Database to use, e.g. `sqlite:///var/lib/natter/natter.db`. Default: SQLite in the data
+    /// directory.
+    #[arg(long, env = "NATTER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// A TOML file with the other settings (see README).
+    #[arg(long, env = "NATTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Overrides `registration` from the config file.
+    #[arg(long, env = "NATTER_REGISTRATION")]
+    pub registration: Option<Registration>,
+    /// Log filter, e.g. `info` or `info,natter_core=debug`.
+    #[arg(long, env = "NATTER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// The settings of the config file. Unknown keys are an error, so a typo never passes silently.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub registration: Registration,
+    /// Origins (scheme://host[:port]) whose pages may use the session cookie on the WebSocket,
+    /// besides the server's own origin.
+    pub allowed_origins: Vec<String>,
+    /// Mark the session cookie `Secure` (set when natter is served over HTTPS).
+    pub cookie_secure: bool,
+    /// How long a login lasts.
+    pub token_ttl_days: u32,
+    pub limits: Limits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            registration: Registration::Open,
+            allowed_origins: Vec::new(),
+            cookie_secure: false,
+            token_ttl_days: 30,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+}
+
+/// Everything the server needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database: Database,
+    pub settings: Settings,
+}
+
+impl Settings {
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned()
+                + &e.span()
+                    .map(|span| format!(" (at byte {})", span.start))
+                    .unwrap_or_default(),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate().map_err(ConfigError::Invalid)?;
+        if self.token_ttl_days == 0 {
+            return Err(ConfigError::Invalid(
+                "token_ttl_days must be at least 1".into(),
+            ));
+        }
+        for origin in &self.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.trim_end_matches('/').matches('/').count() != 2
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "allowed_origins: `{origin}` is not an origin like https://chat.example.com"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `--database-url`: `sqlite://PATH`, `sqlite:PATH`. Other schemes are refused by name.
+pub fn parse_database_url(url: &str) -> Result<Database, ConfigError> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"));
+    match path {
+        Some(path) if !path.is_empty() => Ok(Database::Sqlite(PathBuf::from(path))),
+        _ => Err(ConfigError::Invalid(format!(
+            "--database-url `{}`: expected sqlite://PATH (PostgreSQL support is not built in yet)",
+            url.split('@').next_back().unwrap_or_default()
+        ))),
+    }
+}
+
+impl Config {
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut settings = match &args.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        if let Some(registration) = args.registration {
+            settings.registration = registration;
+        }
+        settings.validate()?;
+        let database = match &args.database_url {
+            Some(url) => parse_database_url(url)?,
+            None => Database::Sqlite(args.data_dir.join("natter.db")),
+        };
+        Ok(Config {
+            listen: args.listen,
+            data_dir: args.data_dir.clone(),
+            database,
+            settings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_config_key_is_named_in_the_error() {
+        let error = toml::from_str::<Settings>("registraton = \"closed\"").unwrap_err();
+        assert!(error.message().contains("registraton"), "{error}");
+    }
+
+    #[test]
+    fn limits_are_read_from_the_limits_table_and_checked() {
+        let settings: Settings =
+            toml::from_str("[limits]\nmax_message_bytes = 100\nrate_per_sec = 0").unwrap();
+        assert_eq!(settings.limits.max_message_bytes, 100);
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("rate_per_sec"), "{error}");
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            parse_database_url("sqlite:///tmp/x.db").unwrap(),
+            Database::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            parse_database_url("sqlite:x.db").unwrap(),
+            Database::Sqlite("x.db".into())
+        );
+        let error = parse_database_url("postgres://user:secret@db/natter").unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+}

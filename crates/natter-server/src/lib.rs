@@ -1,0 +1,113 @@
+//! The natter server: every adapter between the domain (`natter-core`) and the world.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and config file, validated at start.
+//! - [`http`]: the router, shared handler state, HTTP errors.
+//! - [`auth`]: passwords, session tokens, register/login/logout endpoints.
+//! - [`transport`]: WebSocket (later SSE and long-polling) turned into session calls.
+//! - [`store`]: the `Store` implementations; the only module that knows SQL.
+//!
+//! [`run`] serves a bound listener until `shutdown` resolves, so tests start the real server on
+//! `127.0.0.1:0`.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod store;
+pub mod transport;
+
+use axum::serve::ListenerExt;
+use config::{Config, Database};
+use http::ServerState;
+use natter_core::App;
+use natter_protocol::CloseCode;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use store::SqliteStore;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database: {0}")]
+    Store(#[from] natter_core::ports::StoreError),
+    #[error("{0}")]
+    Auth(String),
+}
+
+/// A server ready to run: its state and its store (kept to close it cleanly).
+pub struct Server {
+    pub state: ServerState,
+    store: Arc<SqliteStore>,
+}
+
+impl Server {
+    /// Opens the store (running migrations) and builds the application.
+    pub async fn build(config: Config) -> Result<Server, StartError> {
+        let Database::Sqlite(path) = &config.database;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let store = Arc::new(SqliteStore::open(path)?);
+        let app = App::single_node(store.clone(), config.settings.limits.clone());
+        let dummy_hash = auth::dummy_hash()
+            .await
+            .map_err(|e| StartError::Auth(format!("{e:?}")))?;
+        Ok(Server {
+            state: ServerState {
+                app,
+                config: Arc::new(config),
+                dummy_hash,
+            },
+            store,
+        })
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, tells every client to reconnect
+    /// (close code 4004), waits briefly for sessions to end, and lets the store finish every
+    /// queued write before returning.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let hub = self.state.app.hub.clone();
+        let router = http::router(self.state.clone());
+        let closing_hub = hub.clone();
+        // Chat frames are small and latency matters more than packet count: no Nagle.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing sessions");
+                closing_hub.close_all(CloseCode::ShuttingDown);
+            })
+            .await?;
+        // Upgraded connections outlive the HTTP server; give them a moment to close.
+        for _ in 0..50 {
+            if hub.session_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let store = self.store;
+        drop(self.state);
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(std::io::Error::other)?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

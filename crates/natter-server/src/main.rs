@@ -1,0 +1,77 @@
+//! `natter`: parse the command line, build the server, run it until SIGTERM or Ctrl-C.
+
+use clap::Parser;
+use natter_server::Server;
+use natter_server::config::{Cli, Command, Config};
+use std::process::ExitCode;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    let filter: Targets = match args.log.parse() {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("natter: --log `{}`: {error}", args.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer())
+        .with(filter)
+        .init();
+    let config = match Config::from_args(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("natter: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = config.listen;
+    let server = match Server::build(config).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("natter: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("natter: cannot listen on {listen}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(%listen, "natter is listening on http://{listen}");
+    match server.run(listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("natter: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops natter");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

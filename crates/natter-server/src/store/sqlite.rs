@@ -1,0 +1,1045 @@
+//! The SQLite `Store`: one file in the data directory, nothing to install.
+//!
+//! Writes go to one writer thread that owns the only write connection and commits in groups:
+//! it takes every job queued while the previous commit ran, applies each inside its own
+//! savepoint (a failing job rolls back alone), and commits them with one fsync
+//! (`synchronous=FULL`, WAL). Each caller hears back only after that commit. This is how
+//! acknowledged means durable without one fsync per message.
+//!
+//! Reads run on a small pool of read connections on the blocking thread pool; WAL lets them
+//! proceed while the writer commits, each seeing a consistent snapshot.
+
+use super::schema::MIGRATIONS;
+use async_trait::async_trait;
+use natter_core::ports::store::{
+    Appended, Change, EventRecord, HistoryPage, Store, StoreError, TokenId, UserRecord,
+};
+use natter_protocol::frame::MemberInfo;
+use natter_protocol::{
+    ClientMsgId, Message, MessageId, Role, RoomEvent, RoomId, RoomInfo, RoomKind, RoomSeq, UserId,
+    UserInfo,
+};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use tokio::sync::oneshot;
+
+/// Jobs committed together at most; bounds the latency one commit adds to the first job.
+const MAX_GROUP: usize = 512;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // FULL: a commit is on disk before it returns, so an acknowledged message survives a power
+    // cut, not only a crash.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let applied: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if applied >= MIGRATIONS.len() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    for migration in &MIGRATIONS[applied..] {
+        tx.execute_batch(migration)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let mut conn = open_connection(path).map_err(unavailable)?;
+        migrate(&mut conn).map_err(unavailable)?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let writer = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(conn, queue))
+            .map_err(unavailable)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            jobs: Mutex::new(Some(jobs)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Lets the writer finish every queued job, then stops it. Later writes fail.
+    pub fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = writer.join();
+        }
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, result) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let outcome = conn
+                .execute_batch("SAVEPOINT job")
+                .map_err(unavailable)
+                .and_then(|()| f(conn));
+            let undo = if outcome.is_err() {
+                "ROLLBACK TO job; RELEASE job"
+            } else {
+                "RELEASE job"
+            };
+            let outcome = match conn.execute_batch(undo) {
+                Ok(()) => outcome,
+                Err(error) => Err(unavailable(error)),
+            };
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = reply.send(commit.and(outcome));
+            })
+        });
+        let sent = match self.jobs.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        result
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_connection(&path).map_err(unavailable)?,
+            };
+            let result = f(&conn);
+            let mut idle = readers.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
+    let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = queue.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let error = unavailable(error);
+            for job in group.drain(..) {
+                // The job never ran; its completion reports the failure.
+                job(&conn)(Err(error.clone()));
+            }
+            continue;
+        }
+        completions.extend(group.drain(..).map(|job| job(&conn)));
+        let commit = conn.execute_batch("COMMIT").map_err(unavailable);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::error!(error = ?commit, "group commit failed");
+        }
+        for completion in completions.drain(..) {
+            completion(commit.clone());
+        }
+    }
+}
+
+// --- row mapping ---
+
+fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Member => "member",
+        Role::Admin => "admin",
+        Role::Owner => "owner",
+    }
+}
+
+fn parse_role(text: &str) -> Role {
+    match text {
+        "owner" => Role::Owner,
+        "admin" => Role::Admin,
+        _ => Role::Member,
+    }
+}
+
+fn kind_str(kind: RoomKind) -> &'static str {
+    match kind {
+        RoomKind::Public => "public",
+        RoomKind::Private => "private",
+        RoomKind::Dm => "dm",
+        RoomKind::Group => "group",
+    }
+}
+
+fn parse_kind(text: &str) -> RoomKind {
+    match text {
+        "public" => RoomKind::Public,
+        "private" => RoomKind::Private,
+        "dm" => RoomKind::Dm,
+        _ => RoomKind::Group,
+    }
+}
+
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+const USER_COLUMNS: &str = "id, username, display_name, is_admin";
+
+fn user_record(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        info: UserInfo {
+            id: UserId(row.get(0)?),
+            username: row.get(1)?,
+            display_name: row.get(2)?,
+        },
+        is_admin: row.get(3)?,
+    })
+}
+
+const MESSAGE_SELECT: &str =
+    "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, u.display_name,
+        m.client_msg_id, m.body, m.created_at, m.edited_at, m.deleted
+    FROM messages m JOIN users u ON u.id = m.author_id";
+
+fn message_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    let deleted: bool = row.get(10)?;
+    Ok(Message {
+        id: MessageId(row.get(0)?),
+        room_id: RoomId(row.get(1)?),
+        seq: RoomSeq(row.get(2)?),
+        author: UserInfo {
+            id: UserId(row.get(3)?),
+            username: row.get(4)?,
+            display_name: row.get(5)?,
+        },
+        client_msg_id: ClientMsgId(row.get(6)?),
+        body: if deleted { String::new() } else { row.get(7)? },
+        created_at: row.get(8)?,
+        edited_at: row.get(9)?,
+        deleted,
+    })
+}
+
+const EVENT_SELECT: &str =
+    "SELECT e.seq, e.at, e.actor_id, e.kind, e.message_id, e.subject_id, e.role,
+        su.username, su.display_name, r.name, r.topic
+    FROM room_events e
+    JOIN rooms r ON r.id = e.room_id
+    LEFT JOIN users su ON su.id = e.subject_id";
+
+/// Rebuilds one event from its row; message events read the message as it is now.
+fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Result<EventRecord> {
+    let seq = RoomSeq(row.get(0)?);
+    let at: i64 = row.get(1)?;
+    let actor = UserId(row.get(2)?);
+    let kind: String = row.get(3)?;
+    let message_id: Option<i64> = row.get(4)?;
+    let subject = row.get::<_, Option<i64>>(5)?.map(UserId);
+    let role = row.get::<_, Option<String>>(6)?.map(|r| parse_role(&r));
+    let by_other = |subject: Option<UserId>| subject.filter(|s| *s != actor).map(|_| actor);
+    let event = match kind.as_str() {
+        "message_created" | "message_edited" => {
+            let id = message_id.unwrap_or_default();
+            let message = conn.query_row(
+                &format!("{MESSAGE_SELECT} WHERE m.id = ?1"),
+                [id],
+                message_row,
+            )?;
+            if kind == "message_created" {
+                RoomEvent::MessageCreated { message }
+            } else {
+                RoomEvent::MessageEdited {
+                    message_id: message.id,
+                    body: message.body,
+                    edited_at: at,
+                }
+            }
+        }
+        "message_deleted" => RoomEvent::MessageDeleted {
+            message_id: MessageId(message_id.unwrap_or_default()),
+        },
+        "member_joined" => RoomEvent::MemberJoined {
+            user: UserInfo {
+                id: subject.unwrap_or(actor),
+                username: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                display_name: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+            },
+            role: role.unwrap_or(Role::Member),
+            invited_by: by_other(subject),
+        },
+        "member_left" => RoomEvent::MemberLeft {
+            user_id: subject.unwrap_or(actor),
+            kicked_by: by_other(subject),
+        },
+        "room_updated" => RoomEvent::RoomUpdated {
+            name: row.get(9)?,
+            topic: row.get(10)?,
+        },
+        _ => RoomEvent::RoleChanged {
+            user_id: subject.unwrap_or(actor),
+            role: role.unwrap_or(Role::Member),
+        },
+    };
+    Ok(EventRecord {
+        room_id,
+        seq,
+        at,
+        actor,
+        event,
+    })
+}
+
+fn load_event(conn: &Connection, room_id: RoomId, seq: RoomSeq) -> rusqlite::Result<EventRecord> {
+    conn.query_row(
+        &format!("{EVENT_SELECT} WHERE e.room_id = ?1 AND e.seq = ?2"),
+        params![room_id.0, seq.0],
+        |row| event_row(conn, room_id, row),
+    )
+}
+
+fn room_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<RoomInfo> {
+    let id = RoomId(row.get(0)?);
+    let kind = parse_kind(&row.get::<_, String>(1)?);
+    let members = match kind {
+        RoomKind::Dm | RoomKind::Group => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT u.id, u.username, u.display_name FROM members m
+                 JOIN users u ON u.id = m.user_id WHERE m.room_id = ?1 ORDER BY u.id",
+            )?;
+            stmt.query_map([id.0], |row| {
+                Ok(UserInfo {
+                    id: UserId(row.get(0)?),
+                    username: row.get(1)?,
+                    display_name: row.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+        }
+        RoomKind::Public | RoomKind::Private => Vec::new(),
+    };
+    Ok(RoomInfo {
+        id,
+        kind,
+        name: row.get(2)?,
+        topic: row.get(3)?,
+        last_seq: RoomSeq(row.get(4)?),
+        role: row.get::<_, Option<String>>(5)?.map(|r| parse_role(&r)),
+        member_count: row.get(6)?,
+        members,
+    })
+}
+
+/// `?1` is the viewer: `role` is theirs.
+const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
+        (SELECT role FROM members WHERE room_id = r.id AND user_id = ?1),
+        (SELECT COUNT(*) FROM members WHERE room_id = r.id)
+    FROM rooms r";
+
+fn role_of(conn: &Connection, room_id: RoomId, user_id: UserId) -> rusqlite::Result<Option<Role>> {
+    conn.prepare_cached("SELECT role FROM members WHERE room_id = ?1 AND user_id = ?2")?
+        .query_row(params![room_id.0, user_id.0], |row| row.get::<_, String>(0))
+        .optional()
+        .map(|role| role.map(|r| parse_role(&r)))
+}
+
+// --- writes (run on the writer thread, inside the job's savepoint) ---
+
+fn db<T>(result: rusqlite::Result<T>) -> Result<T, StoreError> {
+    result.map_err(unavailable)
+}
+
+/// Advances the room's sequence: the heart of "gapless, per room, assigned in the transaction
+/// that stores the change". A failed job rolls back to its savepoint, taking the number back.
+fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
+    let seq: Option<u64> = db(conn
+        .prepare_cached("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")
+        .and_then(|mut stmt| stmt.query_row([room_id.0], |row| row.get(0)).optional()))?;
+    seq.map(RoomSeq).ok_or(StoreError::NotFound("room"))
+}
+
+/// What one event row points at.
+struct EventRow<'a> {
+    kind: &'a str,
+    message_id: Option<MessageId>,
+    subject: Option<UserId>,
+    role: Option<Role>,
+}
+
+/// Records the event at `seq` and reads it back as the client will see it.
+fn insert_event(
+    conn: &Connection,
+    room_id: RoomId,
+    seq: RoomSeq,
+    actor: UserId,
+    now: i64,
+    row: EventRow<'_>,
+) -> Result<EventRecord, StoreError> {
+    db(conn
+        .prepare_cached(
+            "INSERT INTO room_events (room_id, seq, at, actor_id, kind, message_id, subject_id, role)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                room_id.0,
+                seq.0,
+                now,
+                actor.0,
+                row.kind,
+                row.message_id.map(|m| m.0),
+                row.subject.map(|s| s.0),
+                row.role.map(role_str),
+            ])
+        }))?;
+    db(load_event(conn, room_id, seq))
+}
+
+fn record_event(
+    conn: &Connection,
+    room_id: RoomId,
+    actor: UserId,
+    now: i64,
+    row: EventRow<'_>,
+) -> Result<EventRecord, StoreError> {
+    let seq = next_seq(conn, room_id)?;
+    insert_event(conn, room_id, seq, actor, now, row)
+}
+
+fn live_message(
+    conn: &Connection,
+    room_id: RoomId,
+    message_id: MessageId,
+) -> Result<(), StoreError> {
+    let found: Option<i64> = db(conn
+        .query_row(
+            "SELECT id FROM messages WHERE id = ?1 AND room_id = ?2 AND deleted = 0",
+            params![message_id.0, room_id.0],
+            |row| row.get(0),
+        )
+        .optional())?;
+    found.map(|_| ()).ok_or(StoreError::NotFound("message"))
+}
+
+fn require_room(conn: &Connection, room_id: RoomId) -> Result<(), StoreError> {
+    let found: Option<i64> = db(conn
+        .query_row("SELECT id FROM rooms WHERE id = ?1", [room_id.0], |row| {
+            row.get(0)
+        })
+        .optional())?;
+    found.map(|_| ()).ok_or(StoreError::NotFound("room"))
+}
+
+fn add_member(
+    conn: &Connection,
+    room_id: RoomId,
+    actor: UserId,
+    user_id: UserId,
+    role: Role,
+    now: i64,
+) -> Result<EventRecord, StoreError> {
+    require_room(conn, room_id)?;
+    if db(role_of(conn, room_id, user_id))?.is_some() {
+        return Err(StoreError::Conflict("already a member"));
+    }
+    let user: Option<i64> = db(conn
+        .query_row("SELECT id FROM users WHERE id = ?1", [user_id.0], |row| {
+            row.get(0)
+        })
+        .optional())?;
+    if user.is_none() {
+        return Err(StoreError::NotFound("user"));
+    }
+    let record = record_event(
+        conn,
+        room_id,
+        actor,
+        now,
+        EventRow {
+            kind: "member_joined",
+            message_id: None,
+            subject: Some(user_id),
+            role: Some(role),
+        },
+    )?;
+    db(conn.execute(
+        "INSERT INTO members (room_id, user_id, role, joined_seq) VALUES (?1, ?2, ?3, ?4)",
+        params![room_id.0, user_id.0, role_str(role), record.seq.0],
+    ))?;
+    Ok(record)
+}
+
+fn apply_change(
+    conn: &Connection,
+    room_id: RoomId,
+    actor: UserId,
+    change: Change,
+    now: i64,
+) -> Result<Appended, StoreError> {
+    let fresh = |record| {
+        Ok(Appended {
+            record,
+            duplicate: false,
+        })
+    };
+    match change {
+        Change::Send {
+            client_msg_id,
+            body,
+        } => {
+            let first: Option<(i64, i64)> = db(conn
+                .prepare_cached(
+                    "SELECT room_id, seq FROM messages WHERE author_id = ?1 AND client_msg_id = ?2",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![actor.0, client_msg_id.0], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()
+                }))?;
+            if let Some((first_room, first_seq)) = first {
+                let record = db(load_event(
+                    conn,
+                    RoomId(first_room),
+                    RoomSeq(first_seq as u64),
+                ))?;
+                return Ok(Appended {
+                    record,
+                    duplicate: true,
+                });
+            }
+            require_room(conn, room_id)?;
+            if db(role_of(conn, room_id, actor))?.is_none() {
+                return Err(StoreError::Forbidden("you are not a member of this room"));
+            }
+            let seq = next_seq(conn, room_id)?;
+            db(conn
+                .prepare_cached(
+                    "INSERT INTO messages (room_id, seq, author_id, client_msg_id, body, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![room_id.0, seq.0, actor.0, client_msg_id.0, body, now])
+                }))?;
+            let message_id = MessageId(conn.last_insert_rowid());
+            let row = EventRow {
+                kind: "message_created",
+                message_id: Some(message_id),
+                subject: None,
+                role: None,
+            };
+            fresh(insert_event(conn, room_id, seq, actor, now, row)?)
+        }
+        Change::Edit { message_id, body } => {
+            live_message(conn, room_id, message_id)?;
+            db(conn.execute(
+                "UPDATE messages SET body = ?1, edited_at = ?2 WHERE id = ?3",
+                params![body, now, message_id.0],
+            ))?;
+            fresh(record_event(
+                conn,
+                room_id,
+                actor,
+                now,
+                EventRow {
+                    kind: "message_edited",
+                    message_id: Some(message_id),
+                    subject: None,
+                    role: None,
+                },
+            )?)
+        }
+        Change::Delete { message_id } => {
+            live_message(conn, room_id, message_id)?;
+            db(conn.execute(
+                "UPDATE messages SET body = '', deleted = 1 WHERE id = ?1",
+                [message_id.0],
+            ))?;
+            fresh(record_event(
+                conn,
+                room_id,
+                actor,
+                now,
+                EventRow {
+                    kind: "message_deleted",
+                    message_id: Some(message_id),
+                    subject: None,
+                    role: None,
+                },
+            )?)
+        }
+        Change::AddMember { user_id, role, .. } => {
+            fresh(add_member(conn, room_id, actor, user_id, role, now)?)
+        }
+        Change::RemoveMember { user_id, .. } => {
+            if db(role_of(conn, room_id, user_id))?.is_none() {
+                return Err(StoreError::NotFound("member"));
+            }
+            db(conn.execute(
+                "DELETE FROM members WHERE room_id = ?1 AND user_id = ?2",
+                params![room_id.0, user_id.0],
+            ))?;
+            fresh(record_event(
+                conn,
+                room_id,
+                actor,
+                now,
+                EventRow {
+                    kind: "member_left",
+                    message_id: None,
+                    subject: Some(user_id),
+                    role: None,
+                },
+            )?)
+        }
+        Change::UpdateRoom { name, topic } => {
+            require_room(conn, room_id)?;
+            match conn.execute(
+                "UPDATE rooms SET name = ?1, topic = ?2 WHERE id = ?3",
+                params![name, topic, room_id.0],
+            ) {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict("a channel with that name exists"));
+                }
+                other => db(other)?,
+            };
+            fresh(record_event(
+                conn,
+                room_id,
+                actor,
+                now,
+                EventRow {
+                    kind: "room_updated",
+                    message_id: None,
+                    subject: None,
+                    role: None,
+                },
+            )?)
+        }
+        Change::SetRole { user_id, role } => {
+            if db(role_of(conn, room_id, user_id))?.is_none() {
+                return Err(StoreError::NotFound("member"));
+            }
+            db(conn.execute(
+                "UPDATE members SET role = ?1 WHERE room_id = ?2 AND user_id = ?3",
+                params![role_str(role), room_id.0, user_id.0],
+            ))?;
+            fresh(record_event(
+                conn,
+                room_id,
+                actor,
+                now,
+                EventRow {
+                    kind: "role_changed",
+                    message_id: None,
+                    subject: Some(user_id),
+                    role: Some(role),
+                },
+            )?)
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn health(&self) -> Result<(), StoreError> {
+        self.read(|conn| db(conn.query_row("SELECT 1", [], |_| Ok(()))))
+            .await
+    }
+
+    async fn create_user(
+        &self,
+        username: &str,
+        display_name: &str,
+        password_hash: &str,
+        only_if_first: bool,
+    ) -> Result<UserRecord, StoreError> {
+        let (username, display_name, password_hash) = (
+            username.to_owned(),
+            display_name.to_owned(),
+            password_hash.to_owned(),
+        );
+        self.write(move |conn| {
+            let existing: i64 = db(conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0)))?;
+            if only_if_first && existing > 0 {
+                return Err(StoreError::RegistrationClosed);
+            }
+            let is_admin = existing == 0;
+            match conn.execute(
+                "INSERT INTO users (username, display_name, password_hash, is_admin, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    username,
+                    display_name,
+                    password_hash,
+                    is_admin,
+                    natter_core::now_ms()
+                ],
+            ) {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict("that username is taken"));
+                }
+                other => db(other)?,
+            };
+            Ok(UserRecord {
+                info: UserInfo {
+                    id: UserId(conn.last_insert_rowid()),
+                    username,
+                    display_name,
+                },
+                is_admin,
+            })
+        })
+        .await
+    }
+
+    async fn credentials(
+        &self,
+        username: &str,
+    ) -> Result<Option<(UserRecord, String)>, StoreError> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            db(conn
+                .query_row(
+                    &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?1"),
+                    [username],
+                    |row| Ok((user_record(row)?, row.get(4)?)),
+                )
+                .optional())
+        })
+        .await
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            db(conn
+                .query_row(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
+                    [username],
+                    user_record,
+                )
+                .optional())
+        })
+        .await
+    }
+
+    async fn insert_token(
+        &self,
+        token: TokenId,
+        user_id: UserId,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            db(conn.execute(
+                "INSERT INTO tokens (hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&token.0[..], user_id.0, natter_core::now_ms(), expires_at],
+            ))
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn user_by_token(
+        &self,
+        token: TokenId,
+        now: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.read(move |conn| {
+            db(conn
+                .query_row(
+                    "SELECT u.id, u.username, u.display_name, u.is_admin
+                     FROM tokens t JOIN users u ON u.id = t.user_id
+                     WHERE t.hash = ?1 AND t.expires_at > ?2",
+                    params![&token.0[..], now],
+                    user_record,
+                )
+                .optional())
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, token: TokenId) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            db(conn.execute("DELETE FROM tokens WHERE hash = ?1", [&token.0[..]])).map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn create_channel(
+        &self,
+        owner: UserId,
+        kind: RoomKind,
+        name: &str,
+        topic: &str,
+        now: i64,
+    ) -> Result<(RoomId, Vec<EventRecord>), StoreError> {
+        let (name, topic) = (name.to_owned(), topic.to_owned());
+        self.write(move |conn| {
+            match conn.execute(
+                "INSERT INTO rooms (kind, name, topic, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![kind_str(kind), name, topic, now],
+            ) {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict("a channel with that name exists"));
+                }
+                other => db(other)?,
+            };
+            let room_id = RoomId(conn.last_insert_rowid());
+            let record = add_member(conn, room_id, owner, owner, Role::Owner, now)?;
+            Ok((room_id, vec![record]))
+        })
+        .await
+    }
+
+    async fn open_dm(
+        &self,
+        creator: UserId,
+        members: &[UserId],
+        now: i64,
+    ) -> Result<(RoomId, Vec<EventRecord>), StoreError> {
+        let members = members.to_vec();
+        self.write(move |conn| {
+            let key = members
+                .iter()
+                .map(|m| m.0.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let existing: Option<i64> = db(conn
+                .query_row("SELECT id FROM rooms WHERE dm_key = ?1", [&key], |r| r.get(0))
+                .optional())?;
+            if let Some(id) = existing {
+                return Ok((RoomId(id), Vec::new()));
+            }
+            let kind = if members.len() == 2 { RoomKind::Dm } else { RoomKind::Group };
+            db(conn.execute(
+                "INSERT INTO rooms (kind, name, topic, dm_key, created_at) VALUES (?1, '', '', ?2, ?3)",
+                params![kind_str(kind), key, now],
+            ))?;
+            let room_id = RoomId(conn.last_insert_rowid());
+            let mut events = Vec::with_capacity(members.len());
+            // The creator first, so the room's first event is theirs.
+            let ordered = std::iter::once(creator).chain(members.iter().copied().filter(|m| *m != creator));
+            for member in ordered {
+                events.push(add_member(conn, room_id, creator, member, Role::Member, now)?);
+            }
+            Ok((room_id, events))
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        room_id: RoomId,
+        actor: UserId,
+        change: Change,
+        now: i64,
+    ) -> Result<Appended, StoreError> {
+        self.write(move |conn| apply_change(conn, room_id, actor, change, now))
+            .await
+    }
+
+    async fn room(&self, room_id: RoomId, viewer: UserId) -> Result<Option<RoomInfo>, StoreError> {
+        self.read(move |conn| {
+            db(conn
+                .query_row(
+                    &format!("{ROOM_SELECT} WHERE r.id = ?2"),
+                    params![viewer.0, room_id.0],
+                    |row| room_row(conn, row),
+                )
+                .optional())
+        })
+        .await
+    }
+
+    async fn role_of(&self, room_id: RoomId, user_id: UserId) -> Result<Option<Role>, StoreError> {
+        self.read(move |conn| db(role_of(conn, room_id, user_id)))
+            .await
+    }
+
+    async fn rooms_of(&self, user_id: UserId) -> Result<Vec<RoomInfo>, StoreError> {
+        self.read(move |conn| {
+            // One read transaction: every last_seq comes from the same snapshot.
+            db(conn.execute_batch("BEGIN"))?;
+            let rooms = conn
+                .prepare_cached(&format!(
+                    "{ROOM_SELECT} JOIN members me ON me.room_id = r.id AND me.user_id = ?1 ORDER BY r.id"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map([user_id.0], |row| room_row(conn, row))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                });
+            let _ = conn.execute_batch("COMMIT");
+            db(rooms)
+        })
+        .await
+    }
+
+    async fn public_rooms(&self, viewer: UserId) -> Result<Vec<RoomInfo>, StoreError> {
+        self.read(move |conn| {
+            db(conn
+                .prepare_cached(&format!(
+                    "{ROOM_SELECT} WHERE r.kind = 'public' ORDER BY r.name COLLATE NOCASE"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map([viewer.0], |row| room_row(conn, row))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                }))
+        })
+        .await
+    }
+
+    async fn members(&self, room_id: RoomId) -> Result<Vec<MemberInfo>, StoreError> {
+        self.read(move |conn| {
+            db(conn
+                .prepare_cached(
+                    "SELECT u.id, u.username, u.display_name, m.role FROM members m
+                     JOIN users u ON u.id = m.user_id WHERE m.room_id = ?1 ORDER BY u.username",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map([room_id.0], |row| {
+                        Ok(MemberInfo {
+                            user: UserInfo {
+                                id: UserId(row.get(0)?),
+                                username: row.get(1)?,
+                                display_name: row.get(2)?,
+                            },
+                            role: parse_role(&row.get::<_, String>(3)?),
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                }))
+        })
+        .await
+    }
+
+    async fn message(
+        &self,
+        room_id: RoomId,
+        message_id: MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        self.read(move |conn| {
+            db(conn
+                .query_row(
+                    &format!("{MESSAGE_SELECT} WHERE m.id = ?1 AND m.room_id = ?2"),
+                    params![message_id.0, room_id.0],
+                    message_row,
+                )
+                .optional())
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        room_id: RoomId,
+        page: HistoryPage,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        self.read(move |conn| {
+            let (filter, order, bound) = match page {
+                HistoryPage::Latest => ("", "DESC", 0),
+                HistoryPage::Before(seq) => ("AND m.seq < ?3", "DESC", seq.0),
+                HistoryPage::After(seq) => ("AND m.seq > ?3", "ASC", seq.0),
+            };
+            let sql = format!(
+                "{MESSAGE_SELECT} WHERE m.room_id = ?1 {filter} ORDER BY m.seq {order} LIMIT ?2"
+            );
+            let fetch = limit as i64 + 1;
+            let mut messages = db(conn.prepare_cached(&sql).and_then(|mut stmt| {
+                let rows = if filter.is_empty() {
+                    stmt.query_map(params![room_id.0, fetch], message_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                } else {
+                    stmt.query_map(params![room_id.0, fetch, bound], message_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                };
+                rows
+            }))?;
+            let has_more = messages.len() > limit as usize;
+            messages.truncate(limit as usize);
+            if order == "DESC" {
+                messages.reverse();
+            }
+            Ok((messages, has_more))
+        })
+        .await
+    }
+
+    async fn events_after(
+        &self,
+        room_id: RoomId,
+        after: RoomSeq,
+        until: Option<RoomSeq>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.read(move |conn| {
+            let until = until.map(|u| u.0 as i64).unwrap_or(i64::MAX);
+            db(conn
+                .prepare_cached(&format!(
+                    "{EVENT_SELECT} WHERE e.room_id = ?1 AND e.seq > ?2 AND e.seq <= ?3
+                     ORDER BY e.seq LIMIT ?4"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![room_id.0, after.0, until, limit], |row| {
+                        event_row(conn, room_id, row)
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,13 @@
+//! natter's integration tests: the real server on an ephemeral port, spoken to through the real
+//! client crate (and, for bad input, a bare WebSocket).
+
+mod support;
+
+mod accounts;
+mod authorization;
+mod bad_input;
+mod durability;
+mod messaging;
+mod resume;
+mod rooms;
+mod store_contract;

@@ -1,0 +1,230 @@
+//! The vocabulary of the integration tests: a real server on an ephemeral port with a temporary
+//! data directory, users, connected clients, and waiting for what a client should receive.
+
+#![allow(dead_code)]
+
+pub mod raw;
+
+use natter_client::protocol::frame::{Request, ServerFrame};
+use natter_client::protocol::{RoomEvent, RoomId, RoomInfo, RoomSeq, Visibility};
+use natter_client::{Auth, Client, ClientEvent, Options};
+use natter_server::Server;
+use natter_server::config::{Config, Database, Settings};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen at once. Generous: machines are shared.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub base_url: String,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub settings: Settings,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    dir: Option<TempDir>,
+}
+
+/// Settings for tests: limits high enough that load tests are not rate limited.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.limits.rate_per_sec = 100_000.0;
+    settings.limits.rate_burst = 100_000.0;
+    settings
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestServer {
+        let dir = TempDir::new().expect("temp dir");
+        let mut settings = test_settings();
+        tweak(&mut settings);
+        let mut server = TestServer::start_in(dir.path().to_owned(), settings).await;
+        server.dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on an existing data directory (to test restarts).
+    pub async fn start_in(data_dir: PathBuf, settings: Settings) -> TestServer {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.clone(),
+            database: Database::Sqlite(data_dir.join("natter.db")),
+            settings: settings.clone(),
+        };
+        let server = Server::build(config).await.expect("server builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            base_url: format!("http://{addr}"),
+            addr,
+            data_dir,
+            settings,
+            stop: Some(stop),
+            task: Some(task),
+            dir: None,
+        }
+    }
+
+    /// Shuts the server down gracefully and waits until it has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran");
+        }
+    }
+
+    /// Stops this server and starts a new one on the same data directory (a new port).
+    pub async fn restart(mut self) -> TestServer {
+        self.stop().await;
+        let mut next = TestServer::start_in(self.data_dir.clone(), self.settings.clone()).await;
+        next.dir = self.dir.take();
+        next
+    }
+
+    /// Registers `name` (password `password-<name>`).
+    pub async fn user(&self, name: &str) -> Auth {
+        natter_client::register(&self.base_url, name, &format!("password-{name}"), None)
+            .await
+            .expect("register")
+    }
+
+    pub fn options(&self, auth: &Auth) -> Options {
+        let mut options = Options::new(self.base_url.clone(), auth.token.clone());
+        options.backoff_min = Duration::from_millis(20);
+        options.backoff_max = Duration::from_millis(500);
+        options
+    }
+
+    pub async fn client(&self, auth: &Auth) -> Client {
+        Client::connect(self.options(auth)).await.expect("connect")
+    }
+
+    /// A new user with a connected client whose `Connected` event was taken.
+    pub async fn connected(&self, name: &str) -> (Auth, Client) {
+        let auth = self.user(name).await;
+        let mut client = self.client(&auth).await;
+        expect_connected(&mut client).await;
+        (auth, client)
+    }
+}
+
+pub async fn expect_connected(client: &mut Client) -> Vec<RoomInfo> {
+    match client.next_event_within(WAIT).await {
+        Some(ClientEvent::Connected { rooms, .. }) => rooms,
+        other => panic!("expected Connected, got {other:?}"),
+    }
+}
+
+/// Creates a channel as `owner`.
+pub async fn create_channel(owner: &Client, name: &str, visibility: Visibility) -> RoomInfo {
+    let reply = owner
+        .request(Request::CreateRoom {
+            name: name.into(),
+            visibility,
+            topic: String::new(),
+        })
+        .await
+        .expect("create room");
+    match reply {
+        ServerFrame::Room { room, .. } => room,
+        other => panic!("expected a room, got {other:?}"),
+    }
+}
+
+pub async fn join(client: &Client, room_id: RoomId) -> RoomInfo {
+    match client
+        .request(Request::Join { room_id })
+        .await
+        .expect("join")
+    {
+        ServerFrame::Room { room, .. } => room,
+        other => panic!("expected a room, got {other:?}"),
+    }
+}
+
+/// Joins a public channel and waits for its `room_added`: returns the sequence after which the
+/// room's events (starting with the join itself) follow.
+pub async fn join_and_follow(client: &mut Client, room_id: RoomId) -> RoomSeq {
+    join(client, room_id).await;
+    wait_for(client, |frame| match frame {
+        ServerFrame::RoomAdded { room } if room.id == room_id => Some(room.last_seq),
+        _ => None,
+    })
+    .await
+}
+
+/// Waits for the next pushed frame that satisfies `pick`, skipping others.
+pub async fn wait_for<T>(
+    client: &mut Client,
+    mut pick: impl FnMut(&ServerFrame) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event_within(left).await {
+            Some(ClientEvent::Frame(frame)) => {
+                if let Some(found) = pick(&frame) {
+                    return found;
+                }
+            }
+            Some(_) => {}
+            None => panic!("timed out waiting for a frame"),
+        }
+    }
+}
+
+/// Waits for the next room event (of any room), returning `(room, seq, event)`.
+pub async fn next_room_event(client: &mut Client) -> (RoomId, RoomSeq, RoomEvent) {
+    wait_for(client, |frame| match frame {
+        ServerFrame::Event {
+            room_id,
+            seq,
+            event,
+            ..
+        } => Some((*room_id, *seq, event.clone())),
+        _ => None,
+    })
+    .await
+}
+
+/// Collects message bodies of `room` until `count` messages arrived; checks every room event
+/// of that room is exactly the next sequence.
+pub async fn collect_messages(
+    client: &mut Client,
+    room: RoomId,
+    count: usize,
+    mut last_seq: RoomSeq,
+) -> Vec<String> {
+    let mut bodies = Vec::with_capacity(count);
+    while bodies.len() < count {
+        let (room_id, seq, event) = next_room_event(client).await;
+        if room_id != room {
+            continue;
+        }
+        assert_eq!(
+            seq,
+            last_seq.next(),
+            "events of room {room} must be gapless and in order"
+        );
+        last_seq = seq;
+        if let RoomEvent::MessageCreated { message } = event {
+            bodies.push(message.body);
+        }
+    }
+    bodies
+}
