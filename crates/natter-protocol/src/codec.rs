@@ -58,8 +58,8 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
             ));
         }
     };
-    match object.get("type") {
-        Some(Value::String(_)) => {}
+    let request_type = match object.get("type") {
+        Some(Value::String(request_type)) => format!("unknown variant `{request_type}`"),
         _ => {
             return Err(DecodeError::new(
                 Some(id),
@@ -67,12 +67,12 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
                 "`type` must be a string",
             ));
         }
-    }
+    };
     let request: Request = serde_json::from_value(value).map_err(|e| {
         let message = e.to_string();
-        // serde reports an unknown tag as "unknown variant `x`, expected one of ..."; anything
-        // else is a field of a known request.
-        let code = if message.starts_with("unknown variant") {
+        // serde reports an unknown tag as "unknown variant `x`, expected one of ..."; the same
+        // words about another value (an unknown `visibility`) concern a field.
+        let code = if message.starts_with(&request_type) {
             ErrorCode::UnknownType
         } else {
             ErrorCode::InvalidField
@@ -124,6 +124,14 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_value_of_a_field_is_an_invalid_field_not_an_unknown_type() {
+        assert_eq!(
+            code_of(r#"{"id":4,"type":"create_room","name":"x","visibility":"secret"}"#),
+            (Some(RequestId(4)), ErrorCode::InvalidField)
+        );
+    }
+
+    #[test]
     fn wrong_field_types_are_invalid_fields() {
         assert_eq!(
             code_of(r#"{"id":4,"type":"send","room_id":"x","client_msg_id":"a","body":"b"}"#),
@@ -133,6 +141,30 @@ mod tests {
             code_of(r#"{"id":5,"type":"send","room_id":1}"#),
             (Some(RequestId(5)), ErrorCode::InvalidField)
         );
+    }
+
+    #[test]
+    fn resume_cursors_are_keyed_by_room_id_strings() {
+        let frame =
+            decode_client_frame(r#"{"id":1,"type":"hello","token":"t","resume":{"12":40}}"#)
+                .unwrap();
+        let Request::Hello { resume, .. } = frame.request else {
+            panic!("expected hello");
+        };
+        assert_eq!(resume.get(&crate::RoomId(12)), Some(&crate::RoomSeq(40)));
+        assert_eq!(
+            code_of(r#"{"id":1,"type":"hello","resume":{"general":40}}"#),
+            (Some(RequestId(1)), ErrorCode::InvalidField)
+        );
+        // And what the Rust client encodes decodes.
+        let hello = ClientFrame {
+            id: RequestId(1),
+            request: Request::Hello {
+                token: None,
+                resume: [(crate::RoomId(3), crate::RoomSeq(9))].into(),
+            },
+        };
+        assert_eq!(decode_client_frame(&encode(&hello)).unwrap(), hello);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub enum Request {
     Hello {
         #[serde(default)]
         token: Option<String>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "resume_map")]
         resume: BTreeMap<RoomId, RoomSeq>,
     },
     /// A liveness probe; the reply is `pong`. Any frame resets the server's heartbeat timer.
@@ -102,6 +102,20 @@ pub enum Request {
     Members {
         room_id: RoomId,
     },
+}
+
+/// JSON object keys are strings: `{"12": 40}` means room 12, sequence 40.
+fn resume_map<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<RoomId, RoomSeq>, D::Error> {
+    let raw = BTreeMap::<String, RoomSeq>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(room, seq)| {
+            room.parse().map(|room| (room, seq)).map_err(|_| {
+                serde::de::Error::custom(format!("`resume` key `{room}` is not a room id"))
+            })
+        })
+        .collect()
 }
 
 /// A room member and their role.

@@ -47,13 +47,14 @@ impl TestServer {
         let dir = TempDir::new().expect("temp dir");
         let mut settings = test_settings();
         tweak(&mut settings);
-        let mut server = TestServer::start_in(dir.path().to_owned(), settings).await;
+        let any_port = "127.0.0.1:0".parse().unwrap();
+        let mut server = TestServer::start_in(dir.path().to_owned(), settings, any_port).await;
         server.dir = Some(dir);
         server
     }
 
-    /// Starts a server on an existing data directory (to test restarts).
-    pub async fn start_in(data_dir: PathBuf, settings: Settings) -> TestServer {
+    /// Starts a server on an existing data directory (to test restarts) at `addr`.
+    pub async fn start_in(data_dir: PathBuf, settings: Settings, addr: SocketAddr) -> TestServer {
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.clone(),
@@ -61,7 +62,7 @@ impl TestServer {
             settings: settings.clone(),
         };
         let server = Server::build(config).await.expect("server builds");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listener, async move {
@@ -88,10 +89,16 @@ impl TestServer {
         }
     }
 
-    /// Stops this server and starts a new one on the same data directory (a new port).
+    /// Stops this server gracefully and starts a new one on the same data directory and port.
     pub async fn restart(mut self) -> TestServer {
         self.stop().await;
-        let mut next = TestServer::start_in(self.data_dir.clone(), self.settings.clone()).await;
+        self.start_again().await
+    }
+
+    /// Starts a stopped server again on the same data directory and port.
+    pub async fn start_again(mut self) -> TestServer {
+        let mut next =
+            TestServer::start_in(self.data_dir.clone(), self.settings.clone(), self.addr).await;
         next.dir = self.dir.take();
         next
     }
