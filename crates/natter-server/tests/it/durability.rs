@@ -1,1 +1,227 @@
-//! placeholder
+//! Durability: what was acknowledged survives a restart, a SIGTERM and a `kill -9` under load.
+//! These tests run the real `natter` binary as a child process.
+
+use crate::support::*;
+use natter_client::protocol::frame::{Request, ServerFrame};
+use natter_client::protocol::{Message, RoomId, RoomSeq, Visibility};
+use natter_client::{Client, Options};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// A `natter serve` process on a free loopback port.
+struct Process {
+    child: Child,
+    base_url: String,
+}
+
+impl Process {
+    async fn start(data_dir: &Path) -> Process {
+        // Ask the OS for a free port, then hand it to the child.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_natter"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log",
+                "warn",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn natter");
+        let base_url = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if let Ok(response) = reqwest::get(format!("{base_url}/healthz")).await
+                && response.status().is_success()
+            {
+                return Process { child, base_url };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("natter did not become healthy");
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+/// Every message of a room, oldest first, read page by page.
+async fn all_messages(client: &Client, room_id: RoomId) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut after = RoomSeq::ZERO;
+    loop {
+        let reply = client
+            .request(Request::History {
+                room_id,
+                before: None,
+                after: Some(after),
+                limit: Some(200),
+            })
+            .await
+            .unwrap();
+        let ServerFrame::History {
+            messages: page,
+            has_more,
+            ..
+        } = reply
+        else {
+            panic!("{reply:?}")
+        };
+        if let Some(last) = page.last() {
+            after = last.seq;
+        }
+        messages.extend(page);
+        if !has_more {
+            return messages;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restart_keeps_history_and_sequences_continue() {
+    let server = TestServer::start().await;
+    let (ana_auth, ana) = server.connected("ana").await;
+    let room = create_channel(&ana, "archive", Visibility::Public).await;
+    let mut sent = Vec::new();
+    for n in 0..50 {
+        sent.push(ana.send_message(room.id, format!("m{n}")).await.unwrap());
+    }
+    drop(ana);
+    let server = server.restart().await;
+    let ana = server.client(&ana_auth).await;
+    assert_eq!(all_messages(&ana, room.id).await, sent);
+    let next = ana.send_message(room.id, "after restart").await.unwrap();
+    assert_eq!(next.seq, sent.last().unwrap().seq.next());
+}
+
+#[tokio::test]
+async fn every_acknowledged_message_survives_kill_9_under_load() {
+    const SENDERS: usize = 4;
+    const MAX_PER_SENDER: usize = 5_000;
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut process = Process::start(dir.path()).await;
+    let owner = natter_client::register(&process.base_url, "owner", "password-owner", None)
+        .await
+        .unwrap();
+    let owner_client = Client::connect(Options::new(&process.base_url, &owner.token))
+        .await
+        .unwrap();
+    let room = create_channel(&owner_client, "load", Visibility::Public).await;
+
+    // Everyone joins first, so that the messages' sequences follow each other.
+    let mut clients = Vec::new();
+    for i in 0..SENDERS {
+        let auth = natter_client::register(&process.base_url, &format!("w{i}"), "password-w", None)
+            .await
+            .unwrap();
+        let mut options = Options::new(&process.base_url, &auth.token);
+        options.send_attempts = 1;
+        options.request_timeout = Duration::from_secs(2);
+        let client = Client::connect(options).await.unwrap();
+        join(&client, room.id).await;
+        clients.push(client);
+    }
+    let mut tasks = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..MAX_PER_SENDER {
+                match client.send_message(room.id, format!("{i}:{n}")).await {
+                    Ok(message) => acked.push(message),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    // Let the load build, then kill the server without warning.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    process.signal("-KILL");
+    let _ = process.child.wait().await;
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.unwrap());
+    }
+    assert!(
+        acked.len() > 100,
+        "the load was real: {} acknowledged",
+        acked.len()
+    );
+
+    let process = Process::start(dir.path()).await;
+    let auth = natter_client::login(&process.base_url, "owner", "password-owner")
+        .await
+        .unwrap();
+    let client = Client::connect(Options::new(&process.base_url, &auth.token))
+        .await
+        .unwrap();
+    let stored: BTreeMap<String, Message> = all_messages(&client, room.id)
+        .await
+        .into_iter()
+        .map(|m| (m.client_msg_id.0.clone(), m))
+        .collect();
+    for message in &acked {
+        assert_eq!(
+            stored.get(&message.client_msg_id.0),
+            Some(message),
+            "an acknowledged message was lost"
+        );
+    }
+    // Sequences stayed gapless: every event up to the newest is there.
+    let seqs: Vec<u64> = stored.values().map(|m| m.seq.0).collect();
+    let newest = *seqs.iter().max().unwrap();
+    let first = *seqs.iter().min().unwrap();
+    assert_eq!(
+        seqs.len() as u64,
+        newest - first + 1,
+        "message sequences are contiguous"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_tells_clients_to_reconnect_and_exits_cleanly() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut process = Process::start(dir.path()).await;
+    let ana = natter_client::register(&process.base_url, "ana", "password-ana", None)
+        .await
+        .unwrap();
+    let mut client = Client::connect(Options::new(&process.base_url, &ana.token))
+        .await
+        .unwrap();
+    expect_connected(&mut client).await;
+    process.signal("-TERM");
+    match client.next_event_within(WAIT).await {
+        Some(natter_client::ClientEvent::Disconnected { close_code }) => {
+            assert_eq!(
+                close_code,
+                Some(natter_client::protocol::CloseCode::ShuttingDown.code())
+            );
+        }
+        other => panic!("expected a disconnect, got {other:?}"),
+    }
+    let status = tokio::time::timeout(WAIT, process.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
