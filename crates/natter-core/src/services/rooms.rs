@@ -175,7 +175,8 @@ pub async fn join(app: &App, user: &UserRecord, room_id: RoomId) -> Result<RoomI
 pub async fn leave(app: &App, user: &UserRecord, room_id: RoomId) -> Result<RoomSeq, ServiceError> {
     let role = require_member(app, user, room_id).await?;
     let room = room_as(app, user, room_id).await?;
-    if room.kind == RoomKind::Dm {
+    if matches!(room.kind, RoomKind::Dm | RoomKind::Group) {
+        // Its members define it: a direct message is found again by them, not left.
         return Err(ServiceError::forbidden("a direct message cannot be left"));
     }
     if role == Role::Owner && room.member_count > 1 {

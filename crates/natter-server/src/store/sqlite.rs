@@ -1000,14 +1000,13 @@ impl Store for SqliteStore {
             );
             let fetch = limit as i64 + 1;
             let mut messages = db(conn.prepare_cached(&sql).and_then(|mut stmt| {
-                let rows = if filter.is_empty() {
+                if filter.is_empty() {
                     stmt.query_map(params![room_id.0, fetch], message_row)?
                         .collect::<rusqlite::Result<Vec<_>>>()
                 } else {
                     stmt.query_map(params![room_id.0, fetch, bound], message_row)?
                         .collect::<rusqlite::Result<Vec<_>>>()
-                };
-                rows
+                }
             }))?;
             let has_more = messages.len() > limit as usize;
             messages.truncate(limit as usize);
