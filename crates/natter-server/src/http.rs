@@ -106,31 +106,17 @@ async fn healthz(State(state): State<ServerState>) -> Response {
     }
 }
 
-async fn index() -> &'static str {
-    concat!(
-        "natter ",
-        env!("CARGO_PKG_VERSION"),
-        "\nWebSocket: /api/v1/ws\nAccounts: POST /api/v1/register, /api/v1/login, /api/v1/logout\n",
-        "Protocol: docs/protocol.md\n"
-    )
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such endpoint")
-}
-
 /// Auth bodies are tiny; anything larger is refused before it is read.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub fn router(state: ServerState) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/api/v1/register", post(auth::register))
         .route("/api/v1/login", post(auth::login))
         .route("/api/v1/logout", post(auth::logout))
         .route(WS_PATH, get(websocket::upgrade))
-        .fallback(not_found)
+        .fallback(crate::web_assets::serve)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -6,6 +6,7 @@
 //! - [`auth`]: passwords, session tokens, register/login/logout endpoints.
 //! - [`transport`]: WebSocket (later SSE and long-polling) turned into session calls.
 //! - [`store`]: the `Store` implementations; the only module that knows SQL.
+//! - [`web_assets`]: the web app, embedded at build time.
 //!
 //! [`run`] serves a bound listener until `shutdown` resolves, so tests start the real server on
 //! `127.0.0.1:0`.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod http;
 pub mod store;
 pub mod transport;
+pub mod web_assets;
 
 use axum::serve::ListenerExt;
 use config::{Config, Database};

@@ -1,0 +1,133 @@
+// The web app in a real browser (Debian's Chromium), against a real natter process.
+
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { Natter, ScriptUser, createChannel, joinChannel, launchBrowser, messageLog, registeredPage, send } from "../lib.mjs";
+
+// The README's picture: written to docs/ when NATTER_SCREENSHOT names it, else to a temp file.
+const SCREENSHOT = process.env.NATTER_SCREENSHOT ? resolve(process.env.NATTER_SCREENSHOT) : join(tmpdir(), "natter-screenshot.png");
+
+describe("the web app", () => {
+  let natter;
+  let browser;
+
+  before(async () => {
+    natter = await Natter.start();
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await natter?.dispose();
+  });
+
+  it("lets two users chat in real time, and a reload keeps the history", async () => {
+    const ana = await registeredPage(browser, natter, "ana");
+    const bo = await registeredPage(browser, natter, "bo");
+    await createChannel(ana, "general");
+    await joinChannel(bo, "general");
+
+    await send(ana, "Hi Bo! Did you see the **release notes**?");
+    await messageLog(bo).getByText("release notes").waitFor();
+    await send(bo, "Yes: `natter serve` and it just works. Details at https://example.com/notes");
+    await messageLog(ana).getByText("natter serve").waitFor();
+    await send(ana, "_Perfect._ Shipping it today.");
+    await messageLog(bo).getByText("Shipping it today").waitFor();
+
+    await ana.reload();
+    const log = messageLog(ana);
+    await log.getByText("release notes").waitFor();
+    await log.getByText("natter serve").waitFor();
+    assert.equal(await log.locator("strong", { hasText: "release notes" }).count(), 1, "markdown bold");
+    assert.equal(await log.locator("a[href='https://example.com/notes']").count(), 1, "link");
+
+    // The screenshot in the README: Bo's view of the conversation.
+    mkdirSync(resolve(SCREENSHOT, ".."), { recursive: true });
+    await bo.getByRole("textbox", { name: /^Message / }).fill("Nice — I'll tell the team @ana");
+    await bo.screenshot({ path: SCREENSHOT });
+    await ana.context().close();
+    await bo.context().close();
+  });
+
+  it("shows messages as text: no HTML and no javascript links from a message ever run", async () => {
+    const eve = await registeredPage(browser, natter, "eve");
+    await createChannel(eve, "xss");
+    const payloads = [
+      `<img src=x onerror="window.__pwned = 1">`,
+      `[click me](javascript:window.__pwned=2)`,
+      "<script>window.__pwned = 3</script>",
+      "```\n<b>not bold</b>\n```",
+    ];
+    for (const payload of payloads) await send(eve, payload);
+    const log = messageLog(eve);
+    await log.getByText("<script>window.__pwned = 3</script>").waitFor();
+    await log.getByText(`<img src=x onerror="window.__pwned = 1">`).waitFor();
+    await log.getByText("[click me](javascript:window.__pwned=2)").waitFor();
+    assert.equal(await log.locator("img, script, b").count(), 0, "no element came from a message");
+    assert.equal(await log.locator("a[href^='javascript']").count(), 0, "no javascript: link");
+    assert.equal(await eve.evaluate(() => window.__pwned), undefined);
+    await eve.reload();
+    await messageLog(eve).getByText("<script>window.__pwned = 3</script>").waitFor();
+    assert.equal(await eve.evaluate(() => window.__pwned), undefined);
+    await eve.context().close();
+  });
+
+  it("delivers messages typed while the server restarts once, and shows what was missed", async () => {
+    const ana = await registeredPage(browser, natter, "ana2");
+    const carol = await ScriptUser.register(natter, "carol");
+    await createChannel(ana, "ops");
+    const [rooms] = await carol.requests({ type: "public_rooms" });
+    const room = rooms.rooms.find((r) => r.name === "ops");
+    await carol.requests({ type: "join", room_id: room.id }, { type: "send", room_id: room.id, client_msg_id: "c0", body: "carol is here" });
+    await messageLog(ana).getByText("carol is here").waitFor();
+
+    await natter.stop();
+    await ana.getByRole("status").getByText("Reconnecting").waitFor();
+    await send(ana, "typed while down 1");
+    await send(ana, "typed while down 2");
+    await ana.locator(".pending", { hasText: "typed while down 2" }).getByText("Sending…").waitFor();
+
+    await natter.start();
+    // Carol writes as soon as the server is back, while Ana's client may still be waiting to retry.
+    await carol.requests(
+      { type: "send", room_id: room.id, client_msg_id: "c1", body: "missed 1" },
+      { type: "send", room_id: room.id, client_msg_id: "c2", body: "missed 2" },
+    );
+    const log = messageLog(ana);
+    await log.getByText("missed 2").waitFor({ timeout: 30_000 });
+    await log.getByText("typed while down 2").waitFor();
+    await ana.locator(".pending").first().waitFor({ state: "detached" });
+    assert.equal(await ana.getByRole("status").count(), 0, "the banner is gone");
+
+    // Exactly once, in the order typed, both on screen and on the server.
+    for (const body of ["typed while down 1", "typed while down 2", "missed 1", "missed 2"]) {
+      assert.equal(await log.getByText(body, { exact: true }).count(), 1, body);
+    }
+    const [history] = await carol.requests({ type: "history", room_id: room.id });
+    const bodies = history.messages.map((m) => m.body);
+    assert.deepEqual(
+      bodies.filter((b) => b.startsWith("typed")),
+      ["typed while down 1", "typed while down 2"],
+    );
+    await ana.context().close();
+  });
+
+  it("works on a phone-sized screen", async () => {
+    const context = await browser.newContext({ viewport: { width: 390, height: 800 } });
+    const page = await context.newPage();
+    await page.goto(natter.url);
+    await page.getByRole("button", { name: "Log in" }).last().waitFor();
+    await page.getByLabel("Username").fill("bo");
+    await page.getByLabel("Password").fill("password-bo");
+    await page.getByRole("button", { name: "Log in" }).last().click();
+    await page.getByRole("heading", { name: "general" }).waitFor();
+    const composer = page.getByRole("textbox", { name: /^Message / });
+    assert.ok(await composer.isVisible(), "the composer fits");
+    await page.getByRole("button", { name: "Show rooms" }).click();
+    await page.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /general/ }).click();
+    await context.close();
+  });
+});

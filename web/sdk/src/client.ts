@@ -1,0 +1,454 @@
+// NatterClient: one natter session that keeps itself connected.
+//
+// - Authenticates with `hello` (a token, or the session cookie when the page is on natter's origin).
+// - Reconnects by itself with exponential backoff and jitter, and at once when the browser says it
+//   is back online; resumes every room from the last sequence it received, so the app never misses
+//   or doubles an event across a dropped connection, a laptop sleep or a server restart.
+// - Detects a dead connection by heartbeats: the server sends one every `heartbeat_interval_ms`, the
+//   client pings as often, and a connection silent for `heartbeat_timeout_ms` is abandoned.
+// - Sends messages through an Outbox: kept while offline, sent with their idempotency id when the
+//   connection returns, never stored twice.
+
+import { Backoff } from "./backoff.ts";
+import { Emitter } from "./emitter.ts";
+import { ClosedError, DisconnectedError, ServerError, TimeoutError } from "./errors.ts";
+import { Outbox, type OutboxStorage, type PendingMessage } from "./outbox.ts";
+import {
+  decodeServerFrame,
+  isFinalClose,
+  type Message,
+  type Pushed,
+  type Reply,
+  type Request,
+  type RoomId,
+  type RoomInfo,
+  type RoomSeq,
+  type ServerFrame,
+} from "./protocol.ts";
+
+export type ConnectionState = "connecting" | "online" | "reconnecting" | "offline";
+
+/** The part of the browser's WebSocket the client uses; tests pass a fake. */
+export interface SocketLike {
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+}
+
+export type SocketFactory = (url: string) => SocketLike;
+
+export interface ClientOptions {
+  /** The WebSocket URL, e.g. `wss://chat.example.com/api/v1/ws` (see `websocketUrl`). */
+  url: string;
+  /** The session token; leave out to use the session cookie (same origin only). */
+  token?: string;
+  /** Cursors saved from an earlier session, to resume from. */
+  cursors?: Record<string, RoomSeq>;
+  socketFactory?: SocketFactory;
+  outboxStorage?: OutboxStorage;
+  backoffMinMs?: number;
+  backoffMaxMs?: number;
+  random?: () => number;
+  requestTimeoutMs?: number;
+}
+
+type Welcome = Extract<ServerFrame, { type: "welcome" }>;
+type EventFrame = Extract<ServerFrame, { type: "event" }>;
+type GapFrame = Extract<ServerFrame, { type: "gap" }>;
+
+export interface ClientEvents extends Record<string, unknown> {
+  state: ConnectionState;
+  /** Each (re)connect: the room snapshot. `resumed` is true when missed events follow. */
+  welcome: Welcome & { resumed: boolean };
+  event: EventFrame;
+  gap: GapFrame;
+  room_added: RoomInfo;
+  room_removed: RoomId;
+  /** The outbox changed (added, sending, failed, acknowledged). */
+  outbox: PendingMessage[];
+  /** A pending message was stored by the server. */
+  sent: { pending: PendingMessage; message: Message };
+  /** The session ended for good (logout elsewhere, token refused, or `close()`). */
+  closed: { code?: number };
+}
+
+interface Waiting {
+  resolve: (frame: Reply) => void;
+  reject: (error: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** `http(s)://host` → `ws(s)://host/api/v1/ws`; in a browser with no argument, this page's host. */
+export function websocketUrl(base?: string): string {
+  const origin = base ?? `${globalThis.location.protocol}//${globalThis.location.host}`;
+  return origin.replace(/^http/, "ws").replace(/\/$/, "") + "/api/v1/ws";
+}
+
+export class NatterClient extends Emitter<ClientEvents> {
+  readonly outbox: Outbox;
+  private readonly cursors = new Map<RoomId, RoomSeq>();
+  private readonly backoff: Backoff;
+  private readonly waiting = new Map<number, Waiting>();
+  /** Requests made while not online; sent after the next welcome. */
+  private queued: { request: Request; waiting: Waiting; id: number }[] = [];
+  private socket: SocketLike | null = null;
+  private currentState: ConnectionState = "offline";
+  private nextId = 1;
+  private helloId = 0;
+  private everConnected = false;
+  private stopped = false;
+  private flushing = false;
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+  private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
+  private lastHeard = 0;
+  private welcomeFrame: Welcome | null = null;
+
+  constructor(private readonly options: ClientOptions) {
+    super();
+    this.outbox = new Outbox(options.outboxStorage);
+    this.backoff = new Backoff({
+      minMs: options.backoffMinMs ?? 250,
+      maxMs: options.backoffMaxMs ?? 15_000,
+      random: options.random,
+    });
+    for (const [room, seq] of Object.entries(options.cursors ?? {})) this.cursors.set(Number(room), seq);
+    const target = globalThis as { addEventListener?: (type: string, listener: () => void) => void };
+    target.addEventListener?.("online", () => this.reconnectNow());
+  }
+
+  get state(): ConnectionState {
+    return this.currentState;
+  }
+
+  /** The latest welcome: who we are, the limits, the room snapshot. */
+  get welcome(): Welcome | null {
+    return this.welcomeFrame;
+  }
+
+  /** The last sequence received per room: save these to resume after a reload. */
+  getCursors(): Record<string, RoomSeq> {
+    return Object.fromEntries([...this.cursors].map(([room, seq]) => [String(room), seq]));
+  }
+
+  connect(): void {
+    this.stopped = false;
+    this.open("connecting");
+  }
+
+  /** Ends the session for good. Pending messages stay in the outbox (and its storage). */
+  close(): void {
+    this.stopped = true;
+    this.clearTimers();
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) {
+      detach(socket);
+      socket.close(1000, "bye");
+    }
+    this.failAll(new ClosedError());
+    this.setState("offline");
+    this.emit("closed", {});
+  }
+
+  /** Skips the backoff wait: reconnect now (the network came back, the tab became visible). */
+  reconnectNow(): void {
+    if (this.stopped || this.currentState !== "reconnecting") return;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    this.open("reconnecting");
+  }
+
+  /** Sends a request and resolves with its reply; an `error` reply rejects with ServerError.
+   *  Made while offline, the request waits for the next connection (up to the timeout). */
+  request<T extends Reply = Reply>(request: Request): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const id = this.nextId++;
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        this.queued = this.queued.filter((q) => q.id !== id);
+        reject(new TimeoutError());
+      }, this.options.requestTimeoutMs ?? 15_000);
+      const waiting: Waiting = { resolve: resolve as (frame: Reply) => void, reject, timer };
+      if (this.stopped) {
+        clearTimeout(timer);
+        reject(new ClosedError());
+      } else if (this.currentState === "online") {
+        this.transmit(id, request, waiting);
+      } else {
+        this.queued.push({ request, waiting, id });
+      }
+    });
+  }
+
+  /** Queues a message in the outbox and sends it as soon as possible. */
+  send(roomId: RoomId, body: string): PendingMessage {
+    const pending = this.outbox.add(roomId, body);
+    this.emit("outbox", this.outbox.list());
+    void this.flushOutbox();
+    return pending;
+  }
+
+  /** Like `send`, resolving with the stored message (or rejecting if the server refuses it). */
+  sendMessage(roomId: RoomId, body: string): Promise<Message> {
+    const pending = this.send(roomId, body);
+    return new Promise((resolve, reject) => {
+      const offSent = this.on("sent", ({ pending: done, message }) => {
+        if (done.clientMsgId !== pending.clientMsgId) return;
+        offSent();
+        offOutbox();
+        resolve(message);
+      });
+      const offOutbox = this.on("outbox", () => {
+        const item = this.outbox.get(pending.clientMsgId);
+        if (item?.status !== "failed") return;
+        offSent();
+        offOutbox();
+        reject(new Error(item.error ?? "refused"));
+      });
+    });
+  }
+
+  /** Sends a failed message again (same id: still never stored twice). */
+  retry(clientMsgId: string): void {
+    this.outbox.setStatus(clientMsgId, "pending");
+    this.emit("outbox", this.outbox.list());
+    void this.flushOutbox();
+  }
+
+  /** Drops a failed or pending message the user gave up on. */
+  discard(clientMsgId: string): void {
+    this.outbox.remove(clientMsgId);
+    this.emit("outbox", this.outbox.list());
+  }
+
+  // --- connection ---
+
+  private open(state: ConnectionState): void {
+    this.setState(state);
+    const factory = this.options.socketFactory ?? ((url: string) => new WebSocket(url) as unknown as SocketLike);
+    let socket: SocketLike;
+    try {
+      socket = factory(this.options.url);
+    } catch {
+      this.connectionLost(undefined);
+      return;
+    }
+    this.socket = socket;
+    socket.onopen = () => {
+      this.lastHeard = Date.now();
+      this.helloId = this.nextId++;
+      const resume = this.everConnected || this.options.cursors ? this.getCursors() : undefined;
+      const hello: Request = { type: "hello", ...(this.options.token ? { token: this.options.token } : {}), ...(resume ? { resume } : {}) };
+      socket.send(JSON.stringify({ id: this.helloId, ...hello }));
+    };
+    socket.onmessage = (event) => {
+      this.lastHeard = Date.now();
+      if (typeof event.data !== "string") return;
+      const frame = decodeServerFrame(event.data);
+      if (frame) this.receive(frame);
+    };
+    socket.onclose = (event) => {
+      if (this.socket === socket) this.connectionLost(event.code);
+    };
+    socket.onerror = () => {};
+  }
+
+  private receive(frame: ServerFrame): void {
+    if ("id" in frame && frame.id !== null && frame.id !== undefined) {
+      if (frame.id === this.helloId) {
+        this.helloAnswered(frame);
+        return;
+      }
+      const waiting = this.waiting.get(frame.id);
+      if (!waiting) return; // a ping's pong
+      this.waiting.delete(frame.id);
+      clearTimeout(waiting.timer);
+      if (frame.type === "error") {
+        waiting.reject(new ServerError(frame.code, frame.message, frame.retryable, frame.retry_after_ms));
+      } else {
+        waiting.resolve(frame);
+      }
+      return;
+    }
+    this.pushed(frame as Pushed | Extract<ServerFrame, { type: "error" }>);
+  }
+
+  private helloAnswered(frame: ServerFrame): void {
+    if (frame.type !== "welcome") {
+      // auth_failed is followed by close 4001, which ends the session for good.
+      return;
+    }
+    const resumed = this.everConnected || Boolean(this.options.cursors);
+    const known = new Set(frame.rooms.map((room) => room.id));
+    for (const room of [...this.cursors.keys()]) if (!known.has(room)) this.cursors.delete(room);
+    for (const room of frame.rooms) {
+      const cursor = this.cursors.get(room.id);
+      this.cursors.set(room.id, resumed && cursor !== undefined ? Math.min(cursor, room.last_seq) : room.last_seq);
+    }
+    this.everConnected = true;
+    this.welcomeFrame = frame;
+    this.backoff.reset();
+    this.startHeartbeat(frame.limits.heartbeat_interval_ms, frame.limits.heartbeat_timeout_ms);
+    this.setState("online");
+    this.emit("welcome", { ...frame, resumed });
+    const queued = this.queued;
+    this.queued = [];
+    for (const { id, request, waiting } of queued) this.transmit(id, request, waiting);
+    void this.flushOutbox();
+  }
+
+  private pushed(frame: Pushed | Extract<ServerFrame, { type: "error" }>): void {
+    switch (frame.type) {
+      case "event": {
+        const cursor = this.cursors.get(frame.room_id);
+        // The server never repeats an event; this guards the app if a proxy ever replays one.
+        if (cursor !== undefined && frame.seq <= cursor) return;
+        this.cursors.set(frame.room_id, frame.seq);
+        this.emit("event", frame);
+        return;
+      }
+      case "gap":
+        this.cursors.set(frame.room_id, frame.to_seq);
+        this.emit("gap", frame);
+        return;
+      case "room_added":
+        this.cursors.set(frame.room.id, frame.room.last_seq);
+        this.emit("room_added", frame.room);
+        return;
+      case "room_removed":
+        this.cursors.delete(frame.room_id);
+        this.emit("room_removed", frame.room_id);
+        return;
+      default:
+        return; // heartbeat, or an error about a frame we did not send
+    }
+  }
+
+  private transmit(id: number, request: Request, waiting: Waiting): void {
+    this.waiting.set(id, waiting);
+    try {
+      this.socket?.send(JSON.stringify({ id, ...request }));
+    } catch {
+      // The close handler fails it with DisconnectedError.
+    }
+  }
+
+  private connectionLost(code: number | undefined): void {
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) detach(socket);
+    this.clearTimers();
+    const final = this.stopped || (code !== undefined && isFinalClose(code));
+    this.failAll(final ? new ClosedError(code) : new DisconnectedError());
+    this.outbox.requeueSending();
+    this.emit("outbox", this.outbox.list());
+    if (final) {
+      this.stopped = true;
+      this.setState("offline");
+      this.emit("closed", { code });
+      return;
+    }
+    this.setState("reconnecting");
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.open("reconnecting");
+    }, this.backoff.next());
+  }
+
+  private failAll(error: Error): void {
+    for (const waiting of this.waiting.values()) {
+      clearTimeout(waiting.timer);
+      waiting.reject(error);
+    }
+    this.waiting.clear();
+    if (error instanceof ClosedError) {
+      for (const { waiting } of this.queued) {
+        clearTimeout(waiting.timer);
+        waiting.reject(error);
+      }
+      this.queued = [];
+    }
+  }
+
+  private startHeartbeat(intervalMs: number, timeoutMs: number): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = setInterval(() => {
+      if (Date.now() - this.lastHeard > timeoutMs) {
+        // A dead TCP connection may take minutes to report its close: give up on it now.
+        const socket = this.socket;
+        this.connectionLost(undefined);
+        socket?.close(4000, "heartbeat timeout");
+        return;
+      }
+      try {
+        this.socket?.send(JSON.stringify({ id: this.nextId++, type: "ping" }));
+      } catch {
+        // The close handler takes over.
+      }
+    }, intervalMs);
+  }
+
+  private clearTimers(): void {
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.reconnectTimer = null;
+    this.heartbeatTimer = null;
+  }
+
+  private setState(state: ConnectionState): void {
+    if (state === this.currentState) return;
+    this.currentState = state;
+    this.emit("state", state);
+  }
+
+  /** Sends pending messages one at a time, oldest first, while online. */
+  private async flushOutbox(): Promise<void> {
+    if (this.flushing) return;
+    this.flushing = true;
+    try {
+      let item: PendingMessage | undefined;
+      while (this.currentState === "online" && (item = this.outbox.nextPending())) {
+        this.outbox.setStatus(item.clientMsgId, "sending");
+        this.emit("outbox", this.outbox.list());
+        try {
+          const reply = await this.request<Extract<Reply, { type: "sent" }>>({
+            type: "send",
+            room_id: item.roomId,
+            client_msg_id: item.clientMsgId,
+            body: item.body,
+          });
+          const pending = this.outbox.remove(item.clientMsgId) ?? item;
+          this.emit("outbox", this.outbox.list());
+          this.emit("sent", { pending, message: reply.message });
+        } catch (error) {
+          if (error instanceof ServerError && !error.retryable) {
+            this.outbox.setStatus(item.clientMsgId, "failed", error.message);
+            this.emit("outbox", this.outbox.list());
+            continue;
+          }
+          // It stays pending. After a drop the loop goes on if a new connection is already up
+          // (its welcome found this loop running); otherwise the next welcome restarts it.
+          this.outbox.setStatus(item.clientMsgId, "pending");
+          this.emit("outbox", this.outbox.list());
+          if (error instanceof DisconnectedError || error instanceof ClosedError) continue;
+          // Timed out or rate limited on a live connection: try again shortly.
+          const retryAfter = error instanceof ServerError ? error.retryAfterMs : undefined;
+          setTimeout(() => void this.flushOutbox(), retryAfter ?? 1_000);
+          return;
+        }
+      }
+    } finally {
+      this.flushing = false;
+    }
+  }
+}
+
+function detach(socket: SocketLike): void {
+  socket.onopen = null;
+  socket.onmessage = null;
+  socket.onclose = null;
+  socket.onerror = null;
+}
