@@ -393,6 +393,10 @@ enum Ended {
     Closed(Option<u16>),
 }
 
+/// A write the server does not take within this long means a dead connection: without the bound,
+/// one write to a half-open socket would stall the heartbeat check with it.
+const SOCKET_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Resolves once the application closed the client.
 async fn closed(closing: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not in the select arm.
@@ -464,12 +468,12 @@ impl Task {
         let ended = loop {
             tokio::select! {
                 _ = closed(&mut self.closing) => {
-                    let _ = connection.socket.close(None).await;
+                    let _ = timeout(SOCKET_WRITE_TIMEOUT, connection.socket.close(None)).await;
                     break Ended::Closed(None);
                 }
                 command = self.commands.recv() => match command {
                     None => {
-                        let _ = connection.socket.close(None).await;
+                        let _ = timeout(SOCKET_WRITE_TIMEOUT, connection.socket.close(None)).await;
                         break Ended::Closed(None);
                     }
                     Some(Command::DropConnection(which)) => {
@@ -484,8 +488,8 @@ impl Task {
                         let id = self.next_id;
                         self.next_id += 1;
                         let frame = ClientFrame { id: RequestId(id), request };
-                        let sent = connection.socket.send(WsMessage::Text(codec::encode(&frame).into())).await;
-                        if sent.is_err() {
+                        let sent = connection.socket.send(WsMessage::Text(codec::encode(&frame).into()));
+                        if !matches!(timeout(SOCKET_WRITE_TIMEOUT, sent).await, Ok(Ok(()))) {
                             let _ = reply.send(Err(ClientError::Disconnected));
                             break Ended::Dropped(None);
                         }
@@ -514,7 +518,8 @@ impl Task {
                     let id = self.next_id;
                     self.next_id += 1;
                     let frame = ClientFrame { id: RequestId(id), request: Request::Ping };
-                    if connection.socket.send(WsMessage::Text(codec::encode(&frame).into())).await.is_err() {
+                    let sent = connection.socket.send(WsMessage::Text(codec::encode(&frame).into()));
+                    if !matches!(timeout(SOCKET_WRITE_TIMEOUT, sent).await, Ok(Ok(()))) {
                         break Ended::Dropped(None);
                     }
                 }

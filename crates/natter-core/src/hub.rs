@@ -8,9 +8,17 @@ use crate::ports::broker::{Envelope, UserNotice};
 use crate::ports::store::TokenId;
 use crate::session::encode_event;
 use crate::session::outbox::{Outbound, Outbox};
-use natter_protocol::{CloseCode, RoomId, UserId};
+use natter_protocol::{CloseCode, RoomEvent, RoomId, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+/// The member a `member_left` event removes.
+pub(crate) fn leaving_member(event: &RoomEvent) -> Option<UserId> {
+    match event {
+        RoomEvent::MemberLeft { user_id, .. } => Some(*user_id),
+        _ => None,
+    }
+}
 
 /// Identifies one registered session on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,6 +105,12 @@ impl Hub {
         }
     }
 
+    /// Stops sending the room's events to the session (it has left the room). A session does this
+    /// itself, after the `member_left` event, so a later re-join can subscribe again.
+    pub fn unsubscribe(&self, key: SessionKey, room_id: RoomId) {
+        self.lock().unsubscribe(key, room_id);
+    }
+
     pub fn unregister(&self, key: SessionKey) {
         let mut state = self.lock();
         let Some(entry) = state.sessions.remove(&key) else {
@@ -127,12 +141,14 @@ impl Hub {
                     return;
                 };
                 let frame = encode_event(&record);
+                let leaving = leaving_member(&record.event);
                 for key in keys {
                     if let Some(entry) = state.sessions.get(key) {
                         entry.outbox.push(Outbound::Event {
                             room_id: record.room_id,
                             seq: record.seq,
                             frame: frame.clone(),
+                            leaving,
                         });
                     }
                 }
@@ -147,7 +163,6 @@ impl Hub {
                 for key in keys {
                     match &notice {
                         UserNotice::RoomAdded { room_id, .. } => state.subscribe(key, *room_id),
-                        UserNotice::RoomRemoved { room_id, .. } => state.unsubscribe(key, *room_id),
                         UserNotice::TokenRevoked { token } => {
                             if let Some(entry) = state.sessions.get(&key)
                                 && entry.token == *token
@@ -181,7 +196,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::ports::store::EventRecord;
-    use natter_protocol::{RoomEvent, RoomSeq};
+    use natter_protocol::RoomSeq;
 
     fn record(room: i64, seq: u64) -> Envelope {
         Envelope::Room(Arc::new(EventRecord {
@@ -235,23 +250,40 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_user_stops_receiving_and_an_unregistered_session_is_forgotten() {
+    fn an_unsubscribed_session_stops_receiving_and_an_unregistered_one_is_forgotten() {
         let hub = Hub::new();
         let outbox = Arc::new(Outbox::new(8));
         let key = hub.register(UserId(1), TokenId([1; 32]), outbox.clone());
         hub.subscribe(key, [RoomId(3)]);
-        hub.deliver(Envelope::User {
-            user_id: UserId(1),
-            notice: UserNotice::RoomRemoved {
-                room_id: RoomId(3),
-                at_seq: RoomSeq(4),
-            },
-        });
-        assert!(matches!(take_now(&outbox)[..], [Outbound::Notice(_)]));
+        hub.unsubscribe(key, RoomId(3));
         hub.deliver(record(3, 5));
         assert!(take_now(&outbox).is_empty());
         hub.unregister(key);
         assert_eq!(hub.session_count(), 0);
+    }
+
+    #[test]
+    fn a_room_added_notice_subscribes_every_session_of_the_user() {
+        let hub = Hub::new();
+        let phone = Arc::new(Outbox::new(8));
+        let laptop = Arc::new(Outbox::new(8));
+        hub.register(UserId(1), TokenId([1; 32]), phone.clone());
+        hub.register(UserId(1), TokenId([2; 32]), laptop.clone());
+        hub.deliver(Envelope::User {
+            user_id: UserId(1),
+            notice: UserNotice::RoomAdded {
+                room_id: RoomId(3),
+                from_seq: RoomSeq(4),
+            },
+        });
+        hub.deliver(record(3, 5));
+        for outbox in [&phone, &laptop] {
+            let items = take_now(outbox);
+            assert!(matches!(
+                items[..],
+                [Outbound::Notice(_), Outbound::Event { .. }]
+            ));
+        }
     }
 
     #[test]

@@ -23,10 +23,9 @@ pub enum Envelope {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserNotice {
-    /// The user became a member; the room's events from `from_seq` on are theirs to see.
+    /// The user became a member with event `from_seq`; the room's events from there on are
+    /// theirs to see. (Leaving needs no notice: sessions see the `member_left` event itself.)
     RoomAdded { room_id: RoomId, from_seq: RoomSeq },
-    /// The user stopped being a member with event `at_seq`, the last of the room they see.
-    RoomRemoved { room_id: RoomId, at_seq: RoomSeq },
     /// The login session with this token ended (logout): close its connections.
     TokenRevoked { token: TokenId },
 }

@@ -5,4 +5,6 @@ pub mod broker;
 pub mod store;
 
 pub use broker::{Broker, Envelope, UserNotice};
-pub use store::{Change, EventRecord, HistoryPage, Store, StoreError, TokenId, UserRecord};
+pub use store::{
+    Change, EventRecord, HistoryPage, Membership, Store, StoreError, TokenId, UserRecord,
+};

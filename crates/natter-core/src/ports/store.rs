@@ -82,6 +82,14 @@ pub enum Change {
     SetRole { user_id: UserId, role: Role },
 }
 
+/// A room a user belongs to, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub room: RoomInfo,
+    /// The sequence of the `member_joined` event of the current membership.
+    pub joined_seq: RoomSeq,
+}
+
 /// The result of an append: the event, and for a `Send` whether it was a retry of a stored one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
@@ -170,8 +178,9 @@ pub trait Store: Send + Sync + 'static {
     async fn room(&self, room_id: RoomId, viewer: UserId) -> Result<Option<RoomInfo>, StoreError>;
     async fn role_of(&self, room_id: RoomId, user_id: UserId) -> Result<Option<Role>, StoreError>;
     /// Every room `user_id` belongs to with its `last_seq`, read in one transaction so that the
-    /// sequences form one consistent snapshot.
-    async fn rooms_of(&self, user_id: UserId) -> Result<Vec<RoomInfo>, StoreError>;
+    /// sequences form one consistent snapshot, with the sequence of the event that made them a
+    /// member (what they may see starts there).
+    async fn rooms_of(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError>;
     async fn public_rooms(&self, viewer: UserId) -> Result<Vec<RoomInfo>, StoreError>;
     async fn members(&self, room_id: RoomId) -> Result<Vec<MemberInfo>, StoreError>;
 

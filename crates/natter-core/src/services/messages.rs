@@ -84,9 +84,9 @@ pub async fn send(
         return Err(ServiceError::new(ErrorCode::Internal, "internal error"));
     };
     let message = message.clone();
-    if !appended.duplicate {
-        app.publish(Envelope::Room(Arc::new(appended.record))).await;
-    }
+    // A retry publishes again: if the first attempt's caller lost its reply (and perhaps its
+    // publish) the members still get the message; sessions drop it if they have it.
+    app.publish(Envelope::Room(Arc::new(appended.record))).await;
     Ok((message, appended.duplicate))
 }
 
@@ -171,6 +171,15 @@ pub async fn history(
             return Err(ServiceError::invalid("give `before` or `after`, not both"));
         }
     };
+    if [before, after]
+        .into_iter()
+        .flatten()
+        .any(|seq| seq.0 > i64::MAX as u64)
+    {
+        return Err(ServiceError::invalid(
+            "`before` and `after` must be below 2^63",
+        ));
+    }
     let max = app.limits.max_history_page;
     let limit = limit.unwrap_or(50.min(max));
     if limit == 0 || limit > max {

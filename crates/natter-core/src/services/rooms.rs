@@ -86,6 +86,8 @@ async fn remove_member(
     user_id: UserId,
     kicked_by: Option<UserId>,
 ) -> Result<RoomSeq, ServiceError> {
+    // The member's sessions stop at the `member_left` event itself: no separate notice that could
+    // arrive out of order with it.
     let record = append_and_publish(
         app,
         room_id,
@@ -93,14 +95,6 @@ async fn remove_member(
         Change::RemoveMember { user_id, kicked_by },
     )
     .await?;
-    app.publish(Envelope::User {
-        user_id,
-        notice: UserNotice::RoomRemoved {
-            room_id,
-            at_seq: record.seq,
-        },
-    })
-    .await;
     Ok(record.seq)
 }
 
@@ -131,6 +125,16 @@ pub async fn open_dm(
     user: &UserRecord,
     usernames: &[String],
 ) -> Result<RoomInfo, ServiceError> {
+    // Count before any lookup: one frame could carry thousands of names.
+    if usernames.len() > app.limits.max_group_members {
+        return Err(ServiceError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "a group direct message has at most {} members",
+                app.limits.max_group_members
+            ),
+        ));
+    }
     let mut members = vec![user.info.id];
     for username in usernames {
         let other = app

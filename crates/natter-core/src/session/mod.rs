@@ -92,27 +92,30 @@ impl Session {
     ) -> Result<(Session, SessionStream), ServiceError> {
         let outbox = Arc::new(Outbox::new(app.limits.outbox_capacity));
         let key = app.hub.register(user.info.id, token, outbox.clone());
-        let rooms = match app.store.rooms_of(user.info.id).await {
-            Ok(rooms) => rooms,
+        let memberships = match app.store.rooms_of(user.info.id).await {
+            Ok(memberships) => memberships,
             Err(error) => {
                 app.hub.unregister(key);
                 return Err(error.into());
             }
         };
-        app.hub.subscribe(key, rooms.iter().map(|room| room.id));
+        app.hub
+            .subscribe(key, memberships.iter().map(|m| m.room.id));
         let mut welcome_and_gaps = Vec::new();
-        let mut cursors = Vec::with_capacity(rooms.len());
-        let gap_limit = RoomSeq(app.limits.resume_gap_limit as u64);
-        for room in &rooms {
-            // A client cannot be ahead of the store; a claimed cursor past the end means "up to
-            // date" (it may come from a server that lost its data).
+        let mut cursors = Vec::with_capacity(memberships.len());
+        let gap_limit = app.limits.resume_gap_limit as u64;
+        for membership in &memberships {
+            let room = &membership.room;
+            // A client cannot be ahead of the store (a claimed cursor past the end means "up to
+            // date"), nor see what happened before its current membership began.
+            let joined = RoomSeq(membership.joined_seq.0.saturating_sub(1));
             let mut cursor = resume
                 .get(&room.id)
                 .copied()
                 .unwrap_or(room.last_seq)
-                .min(room.last_seq);
-            if room.last_seq.0 - cursor.0 > gap_limit.0 {
-                let skip_to = RoomSeq(room.last_seq.0 - gap_limit.0);
+                .clamp(joined.min(room.last_seq), room.last_seq);
+            if room.last_seq.0 - cursor.0 > gap_limit {
+                let skip_to = RoomSeq(room.last_seq.0 - gap_limit);
                 welcome_and_gaps.push(ServerFrame::Gap {
                     room_id: room.id,
                     from_seq: cursor.next(),
@@ -122,6 +125,7 @@ impl Session {
             }
             cursors.push((room.id, cursor));
         }
+        let rooms = memberships.into_iter().map(|m| m.room).collect();
         let welcome = ServerFrame::Welcome {
             id: hello_id,
             protocol: PROTOCOL_VERSION,
@@ -135,7 +139,14 @@ impl Session {
             .iter()
             .map(|frame| Arc::from(codec::encode(frame)))
             .collect();
-        let stream = SessionStream::new(app.clone(), user.info.id, outbox.clone(), first, cursors);
+        let stream = SessionStream::new(
+            app.clone(),
+            key,
+            user.info.id,
+            outbox.clone(),
+            first,
+            cursors,
+        );
         let session = Session {
             limiter: RateLimiter::new(app.limits.rate_per_sec, app.limits.rate_burst),
             heartbeat: spawn_heartbeat(outbox.clone(), app.limits.heartbeat_interval()),
@@ -231,7 +242,13 @@ impl Session {
             }
             Request::ListRooms => ServerFrame::Rooms {
                 id,
-                rooms: app.store.rooms_of(user.info.id).await?,
+                rooms: app
+                    .store
+                    .rooms_of(user.info.id)
+                    .await?
+                    .into_iter()
+                    .map(|m| m.room)
+                    .collect(),
             },
             Request::PublicRooms => ServerFrame::Rooms {
                 id,

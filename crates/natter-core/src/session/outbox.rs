@@ -7,7 +7,7 @@
 //! holds up the fan-out or grows memory without bound.
 
 use crate::ports::broker::UserNotice;
-use natter_protocol::{CloseCode, RoomId, RoomSeq};
+use natter_protocol::{CloseCode, RoomId, RoomSeq, UserId};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -22,6 +22,9 @@ pub enum Outbound {
         room_id: RoomId,
         seq: RoomSeq,
         frame: Arc<str>,
+        /// The member this event removes from the room (`member_left`), if any: their sessions
+        /// stop following the room right after it.
+        leaving: Option<UserId>,
     },
     /// An encoded frame that may be shed under pressure (typing, presence).
     Ephemeral(Arc<str>),

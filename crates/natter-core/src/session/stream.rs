@@ -7,11 +7,17 @@
 //! - after `hello` and after a `room_added` notice, everything after the cursor is read from the
 //!   store ("catch-up"), while live events are held and then deduplicated.
 //!
+//! Membership ends with the event log itself: when the `member_left` event that removes this
+//! user is delivered, nothing after it is, and `room_removed` follows. A `room_added` notice that
+//! overtakes that event (a kick and a re-invite in quick succession) is remembered as a re-join:
+//! after the leave, the room starts again at the join, and the events in between stay unseen.
+//!
 //! This is what makes a broker that drops or reorders safe: completeness comes from the store.
 
 use super::encode_event;
 use super::outbox::{Outbound, Outbox};
 use crate::App;
+use crate::hub::{SessionKey, leaving_member};
 use crate::ports::broker::UserNotice;
 use natter_protocol::frame::ServerFrame;
 use natter_protocol::{CloseCode, RoomId, RoomSeq, UserId, codec};
@@ -25,11 +31,20 @@ const CATCH_UP_PAGE: u32 = 500;
 /// Out-of-order events held per room before the gap is read from the store without waiting.
 const MAX_HELD: usize = 256;
 
+struct Held {
+    frame: Arc<str>,
+    /// This event removes the session's user from the room.
+    leaves: bool,
+}
+
 struct RoomCursor {
     delivered: RoomSeq,
-    /// Set when the user left: the last event they see.
+    /// Set once the user's `member_left` is known: the last event they see.
     until: Option<RoomSeq>,
-    held: BTreeMap<RoomSeq, Arc<str>>,
+    /// A `room_added` notice for a join after `delivered`: if a leave comes first, the room
+    /// starts again here.
+    rejoin: Option<RoomSeq>,
+    held: BTreeMap<RoomSeq, Held>,
     gap_since: Option<Instant>,
 }
 
@@ -38,6 +53,7 @@ impl RoomCursor {
         RoomCursor {
             delivered,
             until: None,
+            rejoin: None,
             held: BTreeMap::new(),
             gap_since: None,
         }
@@ -47,20 +63,35 @@ impl RoomCursor {
         self.until.is_some_and(|until| self.delivered >= until)
     }
 
-    /// Delivers held events that are next in line; drops held duplicates.
+    /// Delivers one event that is next in line.
+    fn deliver(&mut self, seq: RoomSeq, frame: Arc<str>, leaves: bool, out: &mut Vec<Arc<str>>) {
+        out.push(frame);
+        self.delivered = seq;
+        if self.rejoin.is_some_and(|rejoin| seq >= rejoin) {
+            self.rejoin = None;
+        }
+        if leaves {
+            self.until = Some(seq);
+        }
+    }
+
+    /// Delivers held events that are next in line and drops held duplicates.
     fn release_held(&mut self, out: &mut Vec<Arc<str>>) {
-        while let Some(entry) = self.held.first_entry() {
+        while !self.finished() {
+            let Some(entry) = self.held.first_entry() else {
+                break;
+            };
             let seq = *entry.key();
             if seq <= self.delivered {
                 entry.remove();
-            } else if seq == self.delivered.next() && self.until.is_none_or(|u| seq <= u) {
-                out.push(entry.remove());
-                self.delivered = seq;
+            } else if seq == self.delivered.next() {
+                let held = entry.remove();
+                self.deliver(seq, held.frame, held.leaves, out);
             } else {
                 break;
             }
         }
-        if self.until.is_some_and(|u| self.delivered >= u) {
+        if self.finished() {
             self.held.clear();
         }
         self.gap_since = if self.held.is_empty() {
@@ -76,6 +107,7 @@ pub type Closed = CloseCode;
 
 pub struct SessionStream {
     app: App,
+    key: SessionKey,
     user_id: UserId,
     outbox: Arc<Outbox>,
     first: Vec<Arc<str>>,
@@ -87,6 +119,7 @@ pub struct SessionStream {
 impl SessionStream {
     pub(crate) fn new(
         app: App,
+        key: SessionKey,
         user_id: UserId,
         outbox: Arc<Outbox>,
         first: Vec<Arc<str>>,
@@ -99,6 +132,7 @@ impl SessionStream {
             .collect();
         SessionStream {
             app,
+            key,
             user_id,
             outbox,
             first,
@@ -148,15 +182,25 @@ impl SessionStream {
         }
     }
 
+    fn schedule(&mut self, room_id: RoomId) {
+        if !self.catch_up.contains(&room_id) {
+            self.catch_up.push_back(room_id);
+        }
+    }
+
     fn schedule_expired_gaps(&mut self, wait: std::time::Duration) {
         let now = Instant::now();
-        for (room_id, cursor) in &mut self.rooms {
-            if cursor.gap_since.is_some_and(|since| since + wait <= now) {
+        let expired: Vec<RoomId> = self
+            .rooms
+            .iter_mut()
+            .filter(|(_, cursor)| cursor.gap_since.is_some_and(|since| since + wait <= now))
+            .map(|(room_id, cursor)| {
                 cursor.gap_since = None;
-                if !self.catch_up.contains(room_id) {
-                    self.catch_up.push_back(*room_id);
-                }
-            }
+                *room_id
+            })
+            .collect();
+        for room_id in expired {
+            self.schedule(room_id);
         }
     }
 
@@ -169,7 +213,12 @@ impl SessionStream {
                     room_id,
                     seq,
                     frame,
-                } => self.apply_event(room_id, seq, frame, out),
+                    leaving,
+                } => {
+                    let leaves = leaving == Some(self.user_id);
+                    self.apply_event(room_id, seq, Held { frame, leaves }, out)
+                        .await?;
+                }
                 Outbound::Notice(notice) => self.apply_notice(notice, out).await?,
             }
         }
@@ -177,26 +226,25 @@ impl SessionStream {
         Ok(())
     }
 
-    fn apply_event(
+    async fn apply_event(
         &mut self,
         room_id: RoomId,
         seq: RoomSeq,
-        frame: Arc<str>,
+        held: Held,
         out: &mut Vec<Arc<str>>,
-    ) {
+    ) -> Result<(), Closed> {
         let Some(cursor) = self.rooms.get_mut(&room_id) else {
-            return;
+            return Ok(());
         };
         if seq <= cursor.delivered || cursor.until.is_some_and(|until| seq > until) {
-            return;
+            return Ok(());
         }
-        cursor.held.insert(seq, frame);
+        cursor.held.insert(seq, held);
         cursor.release_held(out);
-        if cursor.finished() {
-            self.remove_room(room_id, out);
-        } else if cursor.held.len() > MAX_HELD && !self.catch_up.contains(&room_id) {
-            self.catch_up.push_back(room_id);
+        if cursor.held.len() > MAX_HELD {
+            self.schedule(room_id);
         }
+        self.after_progress(room_id, out).await
     }
 
     async fn apply_notice(
@@ -204,55 +252,77 @@ impl SessionStream {
         notice: UserNotice,
         out: &mut Vec<Arc<str>>,
     ) -> Result<(), Closed> {
-        match notice {
-            UserNotice::RoomAdded { room_id, from_seq } => {
-                // Re-added before the removal finished: finish it, so that the events between
-                // leaving and coming back stay unseen.
-                while self.rooms.get(&room_id).is_some_and(|c| c.until.is_some()) {
-                    self.catch_up_room(room_id, out).await?;
+        let UserNotice::RoomAdded { room_id, from_seq } = notice else {
+            // TokenRevoked: the hub closes the revoked sessions' outboxes itself.
+            return Ok(());
+        };
+        // Subscribe again in case this session unsubscribed after an earlier leave that the
+        // hub processed after this notice (idempotent otherwise).
+        self.app.hub.subscribe(self.key, [room_id]);
+        match self.rooms.get_mut(&room_id) {
+            Some(cursor) => {
+                // Already following the room: this join lies ahead of the cursor, behind a leave
+                // not yet seen, or it is the join the cursor already passed.
+                if from_seq > cursor.delivered {
+                    cursor.rejoin = Some(cursor.rejoin.map_or(from_seq, |r| r.max(from_seq)));
+                    self.schedule(room_id);
                 }
-                if self.rooms.contains_key(&room_id) {
-                    return Ok(());
-                }
-                let cursor = RoomSeq(from_seq.0.saturating_sub(1));
-                let room = self
-                    .app
-                    .store
-                    .room(room_id, self.user_id)
-                    .await
-                    .map_err(|_| CloseCode::Resume)?;
-                let Some(mut room) = room else {
-                    return Ok(());
-                };
-                room.last_seq = cursor;
-                self.rooms.insert(room_id, RoomCursor::new(cursor));
-                out.push(Arc::from(codec::encode(&ServerFrame::RoomAdded { room })));
-                self.catch_up.push_back(room_id);
+                self.after_progress(room_id, out).await
             }
-            UserNotice::RoomRemoved { room_id, at_seq } => {
-                let Some(cursor) = self.rooms.get_mut(&room_id) else {
-                    return Ok(());
-                };
-                cursor.until = Some(at_seq);
-                cursor.release_held(out);
-                if cursor.finished() {
-                    self.remove_room(room_id, out);
-                } else if !self.catch_up.contains(&room_id) {
-                    self.catch_up.push_back(room_id);
-                }
-            }
-            // The hub closes the revoked sessions' outboxes itself.
-            UserNotice::TokenRevoked { .. } => {}
+            None => self.start_room(room_id, from_seq, out).await,
         }
+    }
+
+    /// Begins following a room from its join event `from_seq`: `room_added`, then catch-up.
+    async fn start_room(
+        &mut self,
+        room_id: RoomId,
+        from_seq: RoomSeq,
+        out: &mut Vec<Arc<str>>,
+    ) -> Result<(), Closed> {
+        let cursor = RoomSeq(from_seq.0.saturating_sub(1));
+        let room = self
+            .app
+            .store
+            .room(room_id, self.user_id)
+            .await
+            .map_err(|_| CloseCode::Resume)?;
+        let Some(mut room) = room else {
+            return Ok(());
+        };
+        room.last_seq = cursor;
+        self.rooms.insert(room_id, RoomCursor::new(cursor));
+        out.push(Arc::from(codec::encode(&ServerFrame::RoomAdded { room })));
+        self.schedule(room_id);
         Ok(())
     }
 
-    fn remove_room(&mut self, room_id: RoomId, out: &mut Vec<Arc<str>>) {
+    /// After a room's cursor moved: if the user's leave was delivered, end the room (or start it
+    /// again at a known re-join).
+    async fn after_progress(
+        &mut self,
+        room_id: RoomId,
+        out: &mut Vec<Arc<str>>,
+    ) -> Result<(), Closed> {
+        let Some(cursor) = self.rooms.get(&room_id) else {
+            return Ok(());
+        };
+        if !cursor.finished() {
+            return Ok(());
+        }
+        let rejoin = cursor.rejoin;
         self.rooms.remove(&room_id);
         self.catch_up.retain(|id| *id != room_id);
         out.push(Arc::from(codec::encode(&ServerFrame::RoomRemoved {
             room_id,
         })));
+        match rejoin {
+            Some(from_seq) => self.start_room(room_id, from_seq, out).await,
+            None => {
+                self.app.hub.unsubscribe(self.key, room_id);
+                Ok(())
+            }
+        }
     }
 
     /// Reads one page of the room's events after its cursor from the store.
@@ -279,17 +349,18 @@ impl SessionStream {
         };
         let full_page = events.len() as u32 == CATCH_UP_PAGE;
         for record in &events {
-            if record.seq > cursor.delivered {
-                out.push(encode_event(record));
-                cursor.delivered = record.seq;
+            if cursor.finished() {
+                break;
+            }
+            if record.seq == cursor.delivered.next() {
+                let leaves = leaving_member(&record.event) == Some(self.user_id);
+                cursor.deliver(record.seq, encode_event(record), leaves, out);
             }
         }
         cursor.release_held(out);
-        if cursor.finished() {
-            self.remove_room(room_id, out);
-        } else if full_page {
+        if full_page && !cursor.finished() {
             self.catch_up.push_front(room_id);
         }
-        Ok(())
+        self.after_progress(room_id, out).await
     }
 }

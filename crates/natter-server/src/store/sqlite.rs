@@ -12,7 +12,7 @@
 use super::schema::MIGRATIONS;
 use async_trait::async_trait;
 use natter_core::ports::store::{
-    Appended, Change, EventRecord, HistoryPage, Store, StoreError, TokenId, UserRecord,
+    Appended, Change, EventRecord, HistoryPage, Membership, Store, StoreError, TokenId, UserRecord,
 };
 use natter_protocol::frame::MemberInfo;
 use natter_protocol::{
@@ -31,7 +31,10 @@ const MAX_GROUP: usize = 512;
 const MAX_IDLE_READERS: usize = 8;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+/// A write. Given the connection, it runs inside its own savepoint and returns its completion (to
+/// call with the group's commit result) and whether the transaction is still sound. Given
+/// `None`, it answers its caller with an error without running.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Option<(Completion, bool)> + Send>;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -102,6 +105,12 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (reply, result) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
+            let Some(conn) = conn else {
+                let _ = reply.send(Err(StoreError::Unavailable(
+                    "the write transaction could not run".into(),
+                )));
+                return None;
+            };
             let outcome = conn
                 .execute_batch("SAVEPOINT job")
                 .map_err(unavailable)
@@ -111,13 +120,11 @@ impl SqliteStore {
             } else {
                 "RELEASE job"
             };
-            let outcome = match conn.execute_batch(undo) {
-                Ok(()) => outcome,
-                Err(error) => Err(unavailable(error)),
-            };
-            Box::new(move |commit: Result<(), StoreError>| {
+            let sound = conn.execute_batch(undo).is_ok();
+            let completion: Completion = Box::new(move |commit: Result<(), StoreError>| {
                 let _ = reply.send(commit.and(outcome));
-            })
+            });
+            Some((completion, sound))
         });
         let sent = match self.jobs.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             Some(jobs) => jobs.send(job).is_ok(),
@@ -173,18 +180,41 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
             }
         }
         if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let error = unavailable(error);
+            tracing::error!(%error, "cannot begin a write transaction");
             for job in group.drain(..) {
-                // The job never ran; its completion reports the failure.
-                job(&conn)(Err(error.clone()));
+                job(None);
             }
             continue;
         }
-        completions.extend(group.drain(..).map(|job| job(&conn)));
-        let commit = conn.execute_batch("COMMIT").map_err(unavailable);
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-            tracing::error!(error = ?commit, "group commit failed");
+        // A job whose savepoint could not be undone, or an error after which SQLite rolled the
+        // whole transaction back (disk full, I/O error), poisons the group: nothing of it may be
+        // committed, and the jobs not yet run are answered without running.
+        let mut poisoned = false;
+        for job in group.drain(..) {
+            if poisoned {
+                job(None);
+                continue;
+            }
+            if let Some((completion, sound)) = job(Some(&conn)) {
+                completions.push(completion);
+                poisoned = !sound || conn.is_autocommit();
+            }
+        }
+        let commit = if poisoned {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Err(StoreError::Unavailable(
+                "the write transaction was aborted".into(),
+            ))
+        } else {
+            conn.execute_batch("COMMIT").map_err(unavailable)
+        };
+        if let Err(error) = &commit {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            tracing::error!(%error, "group commit failed; nothing of it was stored");
         }
         for completion in completions.drain(..) {
             completion(commit.clone());
@@ -551,6 +581,11 @@ fn apply_change(
                     .optional()
                 }))?;
             if let Some((first_room, first_seq)) = first {
+                if first_room != room_id.0 {
+                    return Err(StoreError::Conflict(
+                        "this client_msg_id was used for a message to another room",
+                    ));
+                }
                 let record = db(load_event(
                     conn,
                     RoomId(first_room),
@@ -910,7 +945,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn rooms_of(&self, user_id: UserId) -> Result<Vec<RoomInfo>, StoreError> {
+    async fn rooms_of(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError> {
         self.read(move |conn| {
             // One read transaction: every last_seq comes from the same snapshot.
             db(conn.execute_batch("BEGIN"))?;
@@ -920,6 +955,22 @@ impl Store for SqliteStore {
                 ))
                 .and_then(|mut stmt| {
                     stmt.query_map([user_id.0], |row| room_row(conn, row))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .and_then(|rooms| {
+                    let mut joined = conn.prepare_cached(
+                        "SELECT joined_seq FROM members WHERE room_id = ?1 AND user_id = ?2",
+                    )?;
+                    rooms
+                        .into_iter()
+                        .map(|room| {
+                            let joined_seq: u64 =
+                                joined.query_row(params![room.id.0, user_id.0], |row| row.get(0))?;
+                            Ok(Membership {
+                                room,
+                                joined_seq: RoomSeq(joined_seq),
+                            })
+                        })
                         .collect::<rusqlite::Result<Vec<_>>>()
                 });
             let _ = conn.execute_batch("COMMIT");

@@ -87,7 +87,15 @@ struct Hello {
     stream: SessionStream,
 }
 
-/// Reads frames until a valid `hello`. Returns `None` when the connection is over.
+/// Sends a frame before the auth deadline; false if the client did not take it in time.
+async fn reply_by(deadline: Instant, socket: &mut WebSocket, frame: ServerFrame) -> bool {
+    timeout_at(deadline, socket.send(text(&frame)))
+        .await
+        .is_ok_and(|sent| sent.is_ok())
+}
+
+/// Reads frames until a valid `hello`. Returns `None` when the connection is over. Everything,
+/// the replies to a client that does not read included, happens before the auth deadline.
 async fn await_hello(
     socket: &mut WebSocket,
     state: &ServerState,
@@ -119,17 +127,21 @@ async fn await_hello(
         let frame = match codec::decode_client_frame(&body) {
             Ok(frame) => frame,
             Err(error) => {
-                let _ = socket.send(text(&error.into_frame())).await;
+                if !reply_by(deadline, socket, error.into_frame()).await {
+                    return None;
+                }
                 continue;
             }
         };
         let Request::Hello { token, resume } = frame.request else {
-            let reply = ServerFrame::error(
+            let refusal = ServerFrame::error(
                 Some(frame.id),
                 ErrorCode::NotAuthenticated,
                 "send `hello` first",
             );
-            let _ = socket.send(text(&reply)).await;
+            if !reply_by(deadline, socket, refusal).await {
+                return None;
+            }
             continue;
         };
         let reject = |code, message: &str| ServerFrame::error(Some(frame.id), code, message);
@@ -143,8 +155,8 @@ async fn await_hello(
         let (user, token_id) = match auth::authenticate(state, &token).await {
             Ok(Some(found)) => found,
             Ok(None) => {
-                let reply = reject(ErrorCode::AuthFailed, "unknown, expired or revoked token");
-                let _ = socket.send(text(&reply)).await;
+                let refusal = reject(ErrorCode::AuthFailed, "unknown, expired or revoked token");
+                reply_by(deadline, socket, refusal).await;
                 close(socket, CloseCode::AuthFailed).await;
                 return None;
             }
@@ -161,11 +173,18 @@ async fn await_hello(
         let user_id = user.info.id;
         match Session::start(state.app.clone(), user, token_id, frame.id, resume).await {
             Ok((session, stream)) => {
+                // A logout between the token check and the session's registration in the hub
+                // would miss this session: check once more now that it is registered.
+                if !matches!(auth::authenticate(state, &token).await, Ok(Some(_))) {
+                    drop(session);
+                    close(socket, CloseCode::Revoked).await;
+                    return None;
+                }
                 tracing::debug!(%user_id, "session started");
                 return Some(Hello { session, stream });
             }
             Err(error) => {
-                let _ = socket.send(text(&reject(error.code, &error.message))).await;
+                reply_by(deadline, socket, reject(error.code, &error.message)).await;
                 close(socket, CloseCode::TryAgainLater).await;
                 return None;
             }
@@ -198,7 +217,7 @@ async fn serve(mut socket: WebSocket, state: ServerState, cookie_token: Option<S
     };
     let heartbeat_timeout = state.app.limits.heartbeat_timeout();
     let (sink, mut incoming) = socket.split();
-    let mut writer = tokio::spawn(write_frames(sink, stream));
+    let mut writer = tokio::spawn(write_frames(sink, stream, heartbeat_timeout));
     loop {
         tokio::select! {
             // The writer ends when the session is closed (slow consumer, revoked, shutdown):
@@ -246,21 +265,25 @@ async fn serve(mut socket: WebSocket, state: ServerState, cookie_token: Option<S
 }
 
 /// Writes the stream's frames; batches everything ready into one flush.
-async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut stream: SessionStream) {
+///
+/// A client that takes nothing for `write_timeout` is dropped: the writer ends, and with it the
+/// reader, so a closed session (logout, slow consumer) cannot linger behind a full socket.
+async fn write_frames(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SessionStream,
+    write_timeout: Duration,
+) {
     let mut frames = Vec::new();
     loop {
         match stream.next(&mut frames).await {
             Ok(()) => {
-                for frame in frames.drain(..) {
-                    if sink
-                        .feed(Message::Text(Utf8Bytes::from(&*frame)))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                let batch = async {
+                    for frame in frames.drain(..) {
+                        sink.feed(Message::Text(Utf8Bytes::from(&*frame))).await?;
                     }
-                }
-                if sink.flush().await.is_err() {
+                    sink.flush().await
+                };
+                if !matches!(timeout(write_timeout, batch).await, Ok(Ok(()))) {
                     return;
                 }
             }

@@ -5,7 +5,7 @@
 use crate::support::*;
 use natter_client::Client;
 use natter_client::protocol::frame::{Request, ServerFrame};
-use natter_client::protocol::{ErrorCode, MessageId, Role, RoomId, UserId, Visibility};
+use natter_client::protocol::{ErrorCode, MessageId, Role, RoomEvent, RoomId, UserId, Visibility};
 
 async fn expect_code(client: &Client, what: &str, request: Request, code: ErrorCode) {
     match client.request(request).await {
@@ -406,4 +406,150 @@ async fn a_kicked_member_stops_receiving_the_room() {
         ErrorCode::Forbidden,
     )
     .await;
+}
+
+/// Cy's view of a room after a kick: nothing with a sequence past the kick, then `room_removed`.
+async fn events_until_removed(
+    cy: &mut Client,
+    room_id: RoomId,
+) -> Vec<(natter_client::protocol::RoomSeq, RoomEvent)> {
+    let mut seen = Vec::new();
+    loop {
+        let frame = wait_for(cy, |f| match f {
+            ServerFrame::Event {
+                room_id: r,
+                seq,
+                event,
+                ..
+            } if *r == room_id => Some(Some((*seq, event.clone()))),
+            ServerFrame::RoomRemoved { room_id: r } if *r == room_id => Some(None),
+            _ => None,
+        })
+        .await;
+        match frame {
+            Some(event) => seen.push(event),
+            None => return seen,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kicked_member_sees_nothing_posted_after_the_kick_even_while_others_keep_posting() {
+    let server = TestServer::start().await;
+    let (_, ana) = server.connected("ana").await;
+    let (_, bo) = server.connected("bo").await;
+    let (cy_auth, mut cy) = server.connected("cy").await;
+    let room = create_channel(&ana, "racy", Visibility::Private).await;
+    for name in ["bo", "cy"] {
+        ana.request(Request::Invite {
+            room_id: room.id,
+            username: name.into(),
+        })
+        .await
+        .unwrap();
+    }
+    wait_for(&mut cy, |f| {
+        matches!(f, ServerFrame::RoomAdded { .. }).then_some(())
+    })
+    .await;
+    let chatter = tokio::spawn(async move {
+        for n in 0..200 {
+            bo.send_message(room.id, format!("m{n}")).await.unwrap();
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let ServerFrame::Done {
+        seq: Some(kick), ..
+    } = ana
+        .request(Request::Kick {
+            room_id: room.id,
+            user_id: cy_auth.user.id,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let seen = events_until_removed(&mut cy, room.id).await;
+    chatter.await.unwrap();
+    let (last_seq, last_event) = seen.last().unwrap();
+    assert_eq!(*last_seq, kick, "the kick is the last event cy sees");
+    assert!(
+        matches!(last_event, RoomEvent::MemberLeft { user_id, .. } if *user_id == cy_auth.user.id)
+    );
+    assert!(seen.iter().all(|(seq, _)| *seq <= kick));
+}
+
+#[tokio::test]
+async fn a_member_kicked_and_invited_again_at_once_follows_the_room_from_the_invitation() {
+    let server = TestServer::start().await;
+    let (_, ana) = server.connected("ana").await;
+    let (cy_auth, mut cy) = server.connected("cy").await;
+    let room = create_channel(&ana, "revolving", Visibility::Private).await;
+    ana.request(Request::Invite {
+        room_id: room.id,
+        username: "cy".into(),
+    })
+    .await
+    .unwrap();
+    wait_for(&mut cy, |f| {
+        matches!(f, ServerFrame::RoomAdded { .. }).then_some(())
+    })
+    .await;
+    ana.request(Request::Kick {
+        room_id: room.id,
+        user_id: cy_auth.user.id,
+    })
+    .await
+    .unwrap();
+    ana.send_message(room.id, "while cy is out").await.unwrap();
+    let ServerFrame::Done {
+        seq: Some(back), ..
+    } = ana
+        .request(Request::Invite {
+            room_id: room.id,
+            username: "cy".into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    ana.send_message(room.id, "welcome back").await.unwrap();
+
+    let before = events_until_removed(&mut cy, room.id).await;
+    assert!(matches!(
+        before.last(),
+        Some((_, RoomEvent::MemberLeft { .. }))
+    ));
+    let added = wait_for(&mut cy, |f| match f {
+        ServerFrame::RoomAdded { room: r } if r.id == room.id => Some(r.last_seq),
+        _ => None,
+    })
+    .await;
+    assert_eq!(added.next(), back);
+    let (seq, event) = wait_for(&mut cy, |f| match f {
+        ServerFrame::Event {
+            room_id,
+            seq,
+            event,
+            ..
+        } if *room_id == room.id => Some((*seq, event.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        seq, back,
+        "the invitation comes first: nothing from the time away"
+    );
+    assert!(matches!(event, RoomEvent::MemberJoined { .. }));
+    let body = wait_for(&mut cy, |f| match f {
+        ServerFrame::Event {
+            event: RoomEvent::MessageCreated { message },
+            ..
+        } => Some(message.body.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(body, "welcome back");
 }

@@ -295,3 +295,22 @@ async fn history_pages_backwards_and_forwards_by_sequence() {
     };
     assert_eq!(forward, older);
 }
+
+#[tokio::test]
+async fn a_client_msg_id_reused_for_another_room_is_a_conflict_not_a_silent_drop() {
+    let server = TestServer::start().await;
+    let (_, ana) = server.connected("ana").await;
+    let first = create_channel(&ana, "first", Visibility::Public).await;
+    let second = create_channel(&ana, "second", Visibility::Public).await;
+    let send = |room_id| Request::Send {
+        room_id,
+        client_msg_id: ClientMsgId("same".into()),
+        body: "x".into(),
+    };
+    ana.request(send(first.id)).await.unwrap();
+    let error = ana.request(send(second.id)).await.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(natter_client::protocol::ErrorCode::Conflict)
+    );
+}

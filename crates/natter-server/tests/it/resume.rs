@@ -218,3 +218,57 @@ async fn a_slow_consumer_is_closed_with_resume_and_loses_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_resume_never_replays_what_happened_while_the_user_was_not_a_member() {
+    let server = TestServer::start().await;
+    let (_, ana) = server.connected("ana").await;
+    let (cy_auth, mut cy) = server.connected("cy").await;
+    let room = create_channel(&ana, "members-only", Visibility::Private).await;
+    ana.request(natter_client::protocol::frame::Request::Invite {
+        room_id: room.id,
+        username: "cy".into(),
+    })
+    .await
+    .unwrap();
+    let from = wait_for(&mut cy, |f| match f {
+        ServerFrame::RoomAdded { room: r } => Some(r.last_seq),
+        _ => None,
+    })
+    .await;
+    collect_messages(&mut cy, room.id, 0, from).await;
+    let (_, seq, _) = next_room_event(&mut cy).await;
+    let cursors = cy.cursors();
+    assert_eq!(cursors[&room.id], seq);
+    cy.close();
+    drop(cy);
+
+    ana.request(natter_client::protocol::frame::Request::Kick {
+        room_id: room.id,
+        user_id: cy_auth.user.id,
+    })
+    .await
+    .unwrap();
+    ana.send_message(room.id, "secret plans").await.unwrap();
+    ana.request(natter_client::protocol::frame::Request::Invite {
+        room_id: room.id,
+        username: "cy".into(),
+    })
+    .await
+    .unwrap();
+    ana.send_message(room.id, "hello again").await.unwrap();
+
+    let mut options = server.options(&cy_auth);
+    options.resume = cursors;
+    let mut cy = natter_client::Client::connect(options).await.unwrap();
+    expect_connected(&mut cy).await;
+    let (_, _, first) = next_room_event(&mut cy).await;
+    assert!(
+        matches!(first, RoomEvent::MemberJoined { .. }),
+        "resume starts at the re-invitation, got {first:?}"
+    );
+    let (_, _, second) = next_room_event(&mut cy).await;
+    assert!(
+        matches!(second, RoomEvent::MessageCreated { ref message } if message.body == "hello again")
+    );
+}
