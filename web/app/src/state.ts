@@ -182,9 +182,7 @@ export function start(): void {
     messages.value = rest;
     if (currentRoomId.value === room_id) void loadOlder(room_id);
   });
-  next.on("room_added", (room) => {
-    rooms.value = sortRooms([...rooms.value.filter((r) => r.id !== room.id), room]);
-  });
+  next.on("room_added", addRoom);
   next.on("room_removed", (roomId) => {
     rooms.value = rooms.value.filter((room) => room.id !== roomId);
     const { [roomId]: _gone, ...rest } = messages.value;
@@ -199,6 +197,11 @@ export function start(): void {
   });
   pending.value = next.outbox.list();
   next.connect();
+}
+
+/** Adds a room to the sidebar, or replaces what it showed of it. */
+export function addRoom(room: RoomInfo): void {
+  rooms.value = sortRooms([...rooms.value.filter((r) => r.id !== room.id), room]);
 }
 
 async function refreshRoom(roomId: RoomId): Promise<void> {

@@ -44,6 +44,22 @@ describe("the web app", () => {
     assert.equal(await log.locator("strong", { hasText: "release notes" }).count(), 1, "markdown bold");
     assert.equal(await log.locator("a[href='https://example.com/notes']").count(), 1, "link");
 
+    // A direct message: Bo opens it, then goes back to #general; Ana's answer shows as unread.
+    await createChannel(bo, "design");
+    await bo.getByRole("button", { name: "New direct message" }).click();
+    await bo.getByLabel(/^To/).fill("ana");
+    await bo.getByRole("button", { name: "Open", exact: true }).click();
+    await bo.getByRole("heading", { name: "Ana" }).waitFor();
+    await send(bo, "Lunch after the release?");
+    const rooms = bo.getByRole("navigation", { name: "Rooms" });
+    await rooms.getByRole("button", { name: /general/ }).click();
+    const dm = ana.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /^Bo/ });
+    await dm.click();
+    await messageLog(ana).getByText("Lunch after the release?").waitFor();
+    await send(ana, "Sure, 12:30 downstairs");
+    await rooms.getByRole("button", { name: /Ana/ }).getByLabel("1 unread").waitFor();
+    assert.match(await bo.title(), /^\(1\) natter$/, "the tab title counts unread messages");
+
     // The screenshot in the README: Bo's view of the conversation.
     mkdirSync(resolve(SCREENSHOT, ".."), { recursive: true });
     await bo.getByRole("textbox", { name: /^Message / }).fill("Nice — I'll tell the team @ana");
@@ -123,11 +139,16 @@ describe("the web app", () => {
     await page.getByLabel("Username").fill("bo");
     await page.getByLabel("Password").fill("password-bo");
     await page.getByRole("button", { name: "Log in" }).last().click();
+    // The room list is a drawer on a phone: open it, pick a room, and it closes again.
+    await page.getByRole("button", { name: "Show rooms" }).click();
+    await page.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /general/ }).click();
     await page.getByRole("heading", { name: "general" }).waitFor();
     const composer = page.getByRole("textbox", { name: /^Message / });
     assert.ok(await composer.isVisible(), "the composer fits");
-    await page.getByRole("button", { name: "Show rooms" }).click();
-    await page.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /general/ }).click();
+    const box = await composer.boundingBox();
+    assert.ok(box && box.x >= 0 && box.x + box.width <= 390, "the composer is inside the screen");
+    await page.waitForTimeout(300); // the drawer's slide
+    await page.screenshot({ path: join(tmpdir(), "natter-phone.png") });
     await context.close();
   });
 });

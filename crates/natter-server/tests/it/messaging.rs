@@ -155,18 +155,7 @@ async fn a_retried_send_returns_the_first_message_and_stores_it_once() {
     };
     assert_eq!(a, b);
     assert_eq!(b.body, "once");
-    let ServerFrame::History { messages, .. } = ana
-        .request(Request::History {
-            room_id: room.id,
-            before: None,
-            after: None,
-            limit: None,
-        })
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let messages = newest_messages(&ana, room.id).await;
     assert_eq!(messages.len(), 1);
 }
 
@@ -215,18 +204,7 @@ async fn edits_and_deletes_are_events_and_history_shows_their_result() {
     .await;
     assert_eq!(deleted, message.id);
 
-    let ServerFrame::History { messages, .. } = bo
-        .request(Request::History {
-            room_id: room.id,
-            before: None,
-            after: None,
-            limit: None,
-        })
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let messages = newest_messages(&bo, room.id).await;
     assert_eq!(messages.len(), 2);
     assert!(messages[0].deleted && messages[0].body.is_empty());
     assert_eq!(messages[1].id, keep.id);

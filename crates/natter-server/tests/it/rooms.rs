@@ -123,18 +123,7 @@ async fn an_invited_user_gets_the_room_and_its_history() {
     assert!(
         matches!(event, RoomEvent::MemberJoined { ref user, invited_by: Some(_), .. } if user.username == "bo")
     );
-    let ServerFrame::History { messages, .. } = bo
-        .request(Request::History {
-            room_id: room.id,
-            before: None,
-            after: None,
-            limit: None,
-        })
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let messages = newest_messages(&bo, room.id).await;
     assert_eq!(messages[0].body, "said before bo came");
     let error = ana
         .request(Request::Invite {

@@ -3,8 +3,8 @@
 
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { ComponentChildren } from "preact";
-import { ServerError, type RoomInfo } from "@natter/sdk";
-import { getClient, openRoom, rooms } from "../state.ts";
+import { ServerError, type Request, type RoomInfo } from "@natter/sdk";
+import { addRoom, getClient, openRoom } from "../state.ts";
 
 export type DialogKind = "create" | "browse" | "dm" | "invite" | null;
 
@@ -34,23 +34,28 @@ function describe(error: unknown): string {
   return error instanceof ServerError ? error.message : "Something went wrong. Try again.";
 }
 
+/** Sends a request that answers with a room (create, join, open a DM), then shows that room. */
+async function enterRoom(request: Request, onClose: () => void, setError: (message: string) => void) {
+  try {
+    const reply = await getClient().request(request);
+    if (reply.type === "room") {
+      addRoom(reply.room);
+      openRoom(reply.room.id);
+    }
+    onClose();
+  } catch (e) {
+    setError(describe(e));
+  }
+}
+
 export function CreateChannel(props: { onClose: () => void }) {
   const [name, setName] = useState("");
   const [topic, setTopic] = useState("");
   const [visibility, setVisibility] = useState<"public" | "private">("public");
   const [error, setError] = useState<string | null>(null);
-  async function submit(event: Event) {
+  function submit(event: Event) {
     event.preventDefault();
-    try {
-      const reply = await getClient().request({ type: "create_room", name, topic, visibility });
-      if (reply.type === "room") {
-        rooms.value = [...rooms.value.filter((r) => r.id !== reply.room.id), reply.room];
-        openRoom(reply.room.id);
-      }
-      props.onClose();
-    } catch (e) {
-      setError(describe(e));
-    }
+    void enterRoom({ type: "create_room", name, topic, visibility }, props.onClose, setError);
   }
   return (
     <Modal title="Create a channel" onClose={props.onClose}>
@@ -91,17 +96,13 @@ export function BrowseChannels(props: { onClose: () => void }) {
       .then((reply) => reply.type === "rooms" && setList(reply.rooms))
       .catch((e) => setError(describe(e)));
   }, []);
-  async function join(room: RoomInfo) {
-    try {
-      if (room.role === null) {
-        const reply = await getClient().request({ type: "join", room_id: room.id });
-        if (reply.type === "room") rooms.value = [...rooms.value.filter((r) => r.id !== room.id), reply.room];
-      }
+  function join(room: RoomInfo) {
+    if (room.role !== null) {
       openRoom(room.id);
       props.onClose();
-    } catch (e) {
-      setError(describe(e));
+      return;
     }
+    void enterRoom({ type: "join", room_id: room.id }, props.onClose, setError);
   }
   return (
     <Modal title="Browse channels" onClose={props.onClose}>
@@ -136,19 +137,10 @@ export function BrowseChannels(props: { onClose: () => void }) {
 export function NewDirectMessage(props: { onClose: () => void }) {
   const [names, setNames] = useState("");
   const [error, setError] = useState<string | null>(null);
-  async function submit(event: Event) {
+  function submit(event: Event) {
     event.preventDefault();
     const usernames = names.split(/[\s,]+/).map((n) => n.replace(/^@/, "")).filter(Boolean);
-    try {
-      const reply = await getClient().request({ type: "open_dm", usernames });
-      if (reply.type === "room") {
-        rooms.value = [...rooms.value.filter((r) => r.id !== reply.room.id), reply.room];
-        openRoom(reply.room.id);
-      }
-      props.onClose();
-    } catch (e) {
-      setError(describe(e));
-    }
+    void enterRoom({ type: "open_dm", usernames }, props.onClose, setError);
   }
   return (
     <Modal title="New direct message" onClose={props.onClose}>

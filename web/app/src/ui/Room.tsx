@@ -224,6 +224,7 @@ export function MessageList(props: { room: RoomInfo }) {
 
   return (
     <div class="messages" ref={scroller} onScroll={onScroll}>
+      <div class="spacer" aria-hidden="true" />
       {state?.loading && <p class="hint loading">Loading history…</p>}
       {state && !state.hasMore && list.length > 0 && (
         <p class="hint beginning">This is the beginning of {room.kind === "dm" || room.kind === "group" ? "your conversation" : `#${room.name}`}.</p>

@@ -175,6 +175,23 @@ pub async fn join_and_follow(client: &mut Client, room_id: RoomId) -> RoomSeq {
     .await
 }
 
+/// The newest page of a room's history (the server's default page size).
+pub async fn newest_messages(
+    client: &Client,
+    room_id: RoomId,
+) -> Vec<natter_client::protocol::Message> {
+    let request = Request::History {
+        room_id,
+        before: None,
+        after: None,
+        limit: None,
+    };
+    match client.request(request).await.expect("history") {
+        ServerFrame::History { messages, .. } => messages,
+        other => panic!("expected history, got {other:?}"),
+    }
+}
+
 /// Waits for the next pushed frame that satisfies `pick`, skipping others.
 pub async fn wait_for<T>(
     client: &mut Client,
