@@ -3,6 +3,7 @@
 use crate::hub::Hub;
 use crate::in_process::InProcessBroker;
 use crate::ports::{Broker, Envelope, Store};
+use crate::presence::PresenceTracker;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,11 @@ pub struct Limits {
     /// How long a session holds an out-of-order event, waiting for the missing ones from the
     /// broker, before it reads them from the store.
     pub reorder_wait_ms: u64,
+    /// How long a `typing` indication lasts without a refresh (clients expire it).
+    pub typing_timeout_ms: u64,
+    /// Presence changes of one user within this window are coalesced into one: a connection
+    /// that drops and comes back inside it changes nothing for anyone.
+    pub presence_coalesce_ms: u64,
 }
 
 impl Default for Limits {
@@ -61,6 +67,8 @@ impl Default for Limits {
             heartbeat_timeout_ms: 60_000,
             auth_timeout_ms: 10_000,
             reorder_wait_ms: 100,
+            typing_timeout_ms: 6_000,
+            presence_coalesce_ms: 1_000,
         }
     }
 }
@@ -68,7 +76,7 @@ impl Default for Limits {
 impl Limits {
     /// Checks the values against each other; the error names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
-        let rules: [(bool, &str); 9] = [
+        let rules: [(bool, &str); 10] = [
             (
                 self.max_frame_bytes >= 1024,
                 "max_frame_bytes must be at least 1024",
@@ -106,6 +114,10 @@ impl Limits {
                 self.auth_timeout_ms >= 100,
                 "auth_timeout_ms must be at least 100",
             ),
+            (
+                self.typing_timeout_ms >= 1_000,
+                "typing_timeout_ms must be at least 1000",
+            ),
         ];
         match rules.iter().find(|(ok, _)| !ok) {
             Some((_, rule)) => Err(format!("limits.{rule}")),
@@ -133,6 +145,7 @@ impl Limits {
             resume_gap_limit: self.resume_gap_limit,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             heartbeat_timeout_ms: self.heartbeat_timeout_ms,
+            typing_timeout_ms: self.typing_timeout_ms,
         }
     }
 }
@@ -143,6 +156,7 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub hub: Hub,
+    pub presence: PresenceTracker,
     pub limits: Arc<Limits>,
 }
 
@@ -155,6 +169,9 @@ impl App {
             store,
             broker,
             hub,
+            presence: PresenceTracker::new(std::time::Duration::from_millis(
+                limits.presence_coalesce_ms,
+            )),
             limits: Arc::new(limits),
         }
     }

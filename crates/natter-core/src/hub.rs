@@ -8,7 +8,8 @@ use crate::ports::broker::{Envelope, UserNotice};
 use crate::ports::store::TokenId;
 use crate::session::encode_event;
 use crate::session::outbox::{Outbound, Outbox};
-use natter_protocol::{CloseCode, RoomEvent, RoomId, UserId};
+use natter_protocol::frame::ServerFrame;
+use natter_protocol::{CloseCode, RoomEvent, RoomId, UserId, codec};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -175,6 +176,58 @@ impl Hub {
                     if let Some(entry) = state.sessions.get(&key) {
                         entry.outbox.push(Outbound::Notice(notice.clone()));
                     }
+                }
+            }
+            // Liveness frames are encoded once; typing and presence may be shed by a slow
+            // session, receipts may not (a user's other devices learn their read position so).
+            Envelope::Typing { room_id, user } => {
+                let state = self.lock();
+                let typist = user.id;
+                let frame: Arc<str> =
+                    Arc::from(codec::encode(&ServerFrame::Typing { room_id, user }));
+                Self::push_to_rooms(&state, &[room_id], Some(typist), || {
+                    Outbound::Ephemeral(frame.clone())
+                });
+            }
+            Envelope::Receipt {
+                room_id,
+                user_id,
+                delivered_seq,
+                read_seq,
+            } => {
+                let state = self.lock();
+                let frame: Arc<str> = Arc::from(codec::encode(&ServerFrame::Receipt {
+                    room_id,
+                    user_id,
+                    delivered_seq,
+                    read_seq,
+                }));
+                Self::push_to_rooms(&state, &[room_id], None, || Outbound::Frame(frame.clone()));
+            }
+            Envelope::Presence { presence, rooms } => {
+                let state = self.lock();
+                let frame: Arc<str> = Arc::from(codec::encode(&ServerFrame::Presence { presence }));
+                Self::push_to_rooms(&state, &rooms, None, || Outbound::Ephemeral(frame.clone()));
+            }
+        }
+    }
+
+    /// Pushes one encoded frame to every session in `rooms` (each session once, however many of
+    /// the rooms it is in), except the sessions of `except`.
+    fn push_to_rooms(
+        state: &State,
+        rooms: &[RoomId],
+        except: Option<UserId>,
+        item: impl Fn() -> Outbound,
+    ) {
+        let mut reached = HashSet::new();
+        for room_id in rooms {
+            for key in state.by_room.get(room_id).into_iter().flatten() {
+                let Some(entry) = state.sessions.get(key) else {
+                    continue;
+                };
+                if Some(entry.user_id) != except && reached.insert(*key) {
+                    entry.outbox.push(item());
                 }
             }
         }

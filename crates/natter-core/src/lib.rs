@@ -12,6 +12,7 @@
 //!   shared bytes into every subscriber's outbox without ever waiting.
 //! - [`session`]: one client connection, whatever its transport: request dispatch, rate limit,
 //!   and the ordered per-room stream (gap fill from the store, duplicate drop, resume).
+//! - [`presence`]: who is online, away or offline on this node, with changes coalesced.
 //! - [`services`]: the rules: who may send, edit, join, kick; validation before any write.
 //! - [`app`]: `App`, the cheap-to-clone handle that ties the ports, the hub and the limits together.
 //!
@@ -23,6 +24,7 @@ pub mod app;
 pub mod hub;
 pub mod in_process;
 pub mod ports;
+pub mod presence;
 pub mod services;
 pub mod session;
 

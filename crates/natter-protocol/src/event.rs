@@ -63,6 +63,35 @@ pub struct RoomInfo {
     /// For `dm` and `group` rooms: every member, the reader included. Empty for channels.
     #[serde(default)]
     pub members: Vec<UserInfo>,
+    /// The reader's read position: the last sequence they have read (0 for non-members).
+    #[serde(default)]
+    pub read_seq: RoomSeq,
+    /// Messages from others after `read_seq`.
+    #[serde(default)]
+    pub unread: u32,
+    /// Of those, the ones that mention the reader (`@username`).
+    #[serde(default)]
+    pub mentions: u32,
+}
+
+/// Whether someone is around. A user is `online` while any of their connections is active,
+/// `away` when every connection says so (idle, hidden tab), `offline` with none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Away,
+    Offline,
+}
+
+/// One user's presence, as told to the people who share a room with them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceInfo {
+    pub user_id: UserId,
+    pub status: PresenceStatus,
+    /// When they were last connected (milliseconds since the epoch); `null` while connected or
+    /// if never seen.
+    pub last_seen: Option<i64>,
 }
 
 /// A message as stored. A deleted message keeps its place in history with an empty body.

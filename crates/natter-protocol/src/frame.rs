@@ -6,7 +6,9 @@
 //! request id.
 
 use crate::error::ErrorCode;
-use crate::event::{Message, Role, RoomEvent, RoomInfo, UserInfo, Visibility};
+use crate::event::{
+    Message, PresenceInfo, PresenceStatus, Role, RoomEvent, RoomInfo, UserInfo, Visibility,
+};
 use crate::ids::{ClientMsgId, MessageId, RequestId, RoomId, RoomSeq, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -102,6 +104,28 @@ pub enum Request {
     Members {
         room_id: RoomId,
     },
+    /// "I am typing in this room." Never stored; members see a `typing` frame. Send it at most
+    /// every few seconds while typing; it expires by itself after `typing_timeout_ms`.
+    Typing {
+        room_id: RoomId,
+    },
+    /// This connection's own state: `away` when idle or hidden, `online` when back. (`offline`
+    /// is not accepted: closing the connection says that.)
+    SetPresence {
+        status: PresenceStatus,
+    },
+    /// Moves the user's read position in the room forward to `seq` (never back). Also marks
+    /// everything up to `seq` delivered.
+    MarkRead {
+        room_id: RoomId,
+        seq: RoomSeq,
+    },
+    /// Tells the server this client has received the room's events up to `seq` (for delivery
+    /// receipts). Never moves back.
+    MarkDelivered {
+        room_id: RoomId,
+        seq: RoomSeq,
+    },
 }
 
 /// JSON object keys are strings: `{"12": 40}` means room 12, sequence 40.
@@ -118,11 +142,15 @@ fn resume_map<'de, D: serde::Deserializer<'de>>(
         .collect()
 }
 
-/// A room member and their role.
+/// A room member, their role and how far they have received and read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub user: UserInfo,
     pub role: Role,
+    #[serde(default)]
+    pub delivered_seq: RoomSeq,
+    #[serde(default)]
+    pub read_seq: RoomSeq,
 }
 
 /// The limits a server enforces, announced in `welcome` so clients can check before sending.
@@ -134,6 +162,9 @@ pub struct Limits {
     pub resume_gap_limit: u32,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
+    /// How long a `typing` indication lasts without a refresh.
+    #[serde(default)]
+    pub typing_timeout_ms: u64,
 }
 
 /// Everything a server sends. The JSON `type` field names the variant.
@@ -148,6 +179,9 @@ pub enum ServerFrame {
         user: UserInfo,
         is_admin: bool,
         rooms: Vec<RoomInfo>,
+        /// The presence of everyone who shares a room with the user.
+        #[serde(default)]
+        presence: Vec<PresenceInfo>,
         limits: Limits,
     },
     Pong {
@@ -220,6 +254,24 @@ pub enum ServerFrame {
     RoomRemoved {
         room_id: RoomId,
     },
+    /// Someone is typing in a room (never sent to the typist). Show it until a message from them
+    /// arrives or `typing_timeout_ms` passes without another.
+    Typing {
+        room_id: RoomId,
+        user: UserInfo,
+    },
+    /// Someone who shares a room with the user changed presence.
+    Presence {
+        presence: PresenceInfo,
+    },
+    /// A member's delivery and read positions in a room moved forward (the user's own too: that
+    /// is how their other devices learn it).
+    Receipt {
+        room_id: RoomId,
+        user_id: UserId,
+        delivered_seq: RoomSeq,
+        read_seq: RoomSeq,
+    },
     /// Sent every `heartbeat_interval_ms` so clients can detect a dead server.
     Heartbeat,
 }
@@ -241,6 +293,9 @@ impl ServerFrame {
             | ServerFrame::Gap { .. }
             | ServerFrame::RoomAdded { .. }
             | ServerFrame::RoomRemoved { .. }
+            | ServerFrame::Typing { .. }
+            | ServerFrame::Presence { .. }
+            | ServerFrame::Receipt { .. }
             | ServerFrame::Heartbeat => None,
         }
     }

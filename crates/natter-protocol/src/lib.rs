@@ -20,7 +20,10 @@ pub mod ids;
 
 pub use codec::{DecodeError, decode_client_frame, decode_server_frame, encode};
 pub use error::{CloseCode, ErrorCode};
-pub use event::{Message, Role, RoomEvent, RoomInfo, RoomKind, UserInfo, Visibility};
+pub use event::{
+    Message, PresenceInfo, PresenceStatus, Role, RoomEvent, RoomInfo, RoomKind, UserInfo,
+    Visibility,
+};
 pub use frame::{ClientFrame, Request, ServerFrame};
 pub use ids::{ClientMsgId, MessageId, RequestId, RoomId, RoomSeq, UserId};
 

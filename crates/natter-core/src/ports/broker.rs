@@ -9,7 +9,7 @@
 
 use crate::ports::store::{EventRecord, TokenId};
 use async_trait::async_trait;
-use natter_protocol::{RoomId, RoomSeq, UserId};
+use natter_protocol::{PresenceInfo, RoomId, RoomSeq, UserId, UserInfo};
 use std::sync::Arc;
 
 /// What a broker carries.
@@ -19,6 +19,20 @@ pub enum Envelope {
     Room(Arc<EventRecord>),
     /// A change in what one user's sessions should see.
     User { user_id: UserId, notice: UserNotice },
+    /// Someone is typing in a room: for the room's other members, and never stored.
+    Typing { room_id: RoomId, user: UserInfo },
+    /// A member's delivery and read positions moved forward: for the room's members.
+    Receipt {
+        room_id: RoomId,
+        user_id: UserId,
+        delivered_seq: RoomSeq,
+        read_seq: RoomSeq,
+    },
+    /// A user's presence changed: for everyone in `rooms`, the rooms the user belongs to.
+    Presence {
+        presence: PresenceInfo,
+        rooms: Arc<[RoomId]>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

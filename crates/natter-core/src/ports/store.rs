@@ -56,10 +56,12 @@ pub struct EventRecord {
 /// A change to a room. Each one that succeeds becomes exactly one event with the next sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Fails with `Forbidden` if the author is not a member.
+    /// Fails with `Forbidden` if the author is not a member. `mentions` are the usernames the
+    /// body mentions; those who are members are recorded, for their unread-mention counts.
     Send {
         client_msg_id: ClientMsgId,
         body: String,
+        mentions: Vec<String>,
     },
     /// Fails with `NotFound` if the message is not in this room or was deleted.
     Edit { message_id: MessageId, body: String },
@@ -183,6 +185,25 @@ pub trait Store: Send + Sync + 'static {
     async fn rooms_of(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError>;
     async fn public_rooms(&self, viewer: UserId) -> Result<Vec<RoomInfo>, StoreError>;
     async fn members(&self, room_id: RoomId) -> Result<Vec<MemberInfo>, StoreError>;
+
+    /// Every room the user belongs to, by id only.
+    async fn room_ids_of(&self, user_id: UserId) -> Result<Vec<RoomId>, StoreError>;
+
+    // --- liveness ---
+
+    /// Moves a member's delivery and read positions forward (never back, never past the room's
+    /// newest event; reading implies delivery). Returns the new `(delivered, read)` if either
+    /// moved, `None` if nothing changed. Fails with `NotFound` if the user is not a member.
+    async fn advance_receipt(
+        &self,
+        room_id: RoomId,
+        user_id: UserId,
+        delivered: Option<RoomSeq>,
+        read: Option<RoomSeq>,
+    ) -> Result<Option<(RoomSeq, RoomSeq)>, StoreError>;
+    /// Everyone who shares a room with the user, with when each was last seen.
+    async fn contacts(&self, user_id: UserId) -> Result<Vec<(UserId, Option<i64>)>, StoreError>;
+    async fn set_last_seen(&self, user_id: UserId, at: i64) -> Result<(), StoreError>;
 
     // --- messages and events ---
 

@@ -38,6 +38,33 @@ fn check_client_msg_id(id: &ClientMsgId) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Most distinct mentions recorded per message.
+const MAX_MENTIONS: usize = 50;
+
+/// The usernames a body mentions: `@name` at the start or after a character that cannot be part
+/// of a word or an email address, made of the characters usernames allow, lower-cased.
+pub fn mentioned_usernames(body: &str) -> Vec<String> {
+    let username_char = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+    let mut found = Vec::new();
+    let mut previous: Option<char> = None;
+    for (index, c) in body.char_indices() {
+        let starts_word = previous.is_none_or(|p| !(p.is_alphanumeric() || p == '_' || p == '@'));
+        previous = Some(c);
+        if c != '@' || !starts_word {
+            continue;
+        }
+        let name: String = body[index + 1..]
+            .chars()
+            .take_while(|c| username_char(*c))
+            .collect();
+        let name = name.trim_end_matches(['.', '-']).to_ascii_lowercase();
+        if name.len() >= 2 && !found.contains(&name) && found.len() < MAX_MENTIONS {
+            found.push(name);
+        }
+    }
+    found
+}
+
 /// Fails with `not_found` if the room does not exist and `forbidden` if `user` is not a member.
 pub(crate) async fn require_member(
     app: &App,
@@ -64,6 +91,7 @@ pub async fn send(
 ) -> Result<(Message, bool), ServiceError> {
     check_client_msg_id(&client_msg_id)?;
     check_body(app, &body)?;
+    let mentions = mentioned_usernames(&body);
     let appended = app
         .store
         .append(
@@ -72,6 +100,7 @@ pub async fn send(
             Change::Send {
                 client_msg_id,
                 body,
+                mentions,
             },
             now_ms(),
         )
@@ -189,4 +218,18 @@ pub async fn history(
     }
     require_member(app, user, room_id).await?;
     Ok(app.store.history(room_id, page, limit).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentioned_usernames;
+
+    #[test]
+    fn mentions_are_words_starting_with_at() {
+        assert_eq!(
+            mentioned_usernames("@ana and @Bo.B, see you. (@cy) @ana again"),
+            ["ana", "bo.b", "cy"]
+        );
+        assert!(mentioned_usernames("mail ana@example.com or @ or @a").is_empty());
+    }
 }

@@ -4,6 +4,7 @@
 //! then performs: one store call, then publishing what was committed. Nothing is published that
 //! the store did not commit, and nothing is acknowledged before the commit.
 
+pub mod liveness;
 pub mod messages;
 pub mod rooms;
 

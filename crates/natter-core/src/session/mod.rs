@@ -17,9 +17,11 @@ pub mod stream;
 use crate::App;
 use crate::hub::SessionKey;
 use crate::ports::store::{EventRecord, TokenId, UserRecord};
-use crate::services::{ServiceError, messages, rooms};
+use crate::services::{ServiceError, liveness, messages, rooms};
 use natter_protocol::frame::{ClientFrame, Request, ServerFrame};
-use natter_protocol::{ErrorCode, PROTOCOL_VERSION, RequestId, RoomId, RoomSeq, codec};
+use natter_protocol::{
+    ErrorCode, PROTOCOL_VERSION, PresenceInfo, PresenceStatus, RequestId, RoomId, RoomSeq, codec,
+};
 use outbox::{Outbound, Outbox};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -77,6 +79,8 @@ pub struct Session {
     outbox: Arc<Outbox>,
     limiter: RateLimiter,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// What this connection last said of itself (`set_presence`).
+    away: bool,
 }
 
 impl Session {
@@ -126,12 +130,31 @@ impl Session {
             cursors.push((room.id, cursor));
         }
         let rooms = memberships.into_iter().map(|m| m.room).collect();
+        let presence = match app.store.contacts(user.info.id).await {
+            Ok(contacts) => contacts
+                .into_iter()
+                .map(|(user_id, last_seen)| {
+                    let status = app.presence.status(user_id);
+                    let last_seen = last_seen.filter(|_| status == PresenceStatus::Offline);
+                    PresenceInfo {
+                        user_id,
+                        status,
+                        last_seen,
+                    }
+                })
+                .collect(),
+            Err(error) => {
+                app.hub.unregister(key);
+                return Err(error.into());
+            }
+        };
         let welcome = ServerFrame::Welcome {
             id: hello_id,
             protocol: PROTOCOL_VERSION,
             user: user.info.clone(),
             is_admin: user.is_admin,
             rooms,
+            presence,
             limits: app.limits.wire(),
         };
         welcome_and_gaps.insert(0, welcome);
@@ -147,9 +170,11 @@ impl Session {
             first,
             cursors,
         );
+        app.presence.connected(&app, user.info.id);
         let session = Session {
             limiter: RateLimiter::new(app.limits.rate_per_sec, app.limits.rate_burst),
             heartbeat: spawn_heartbeat(outbox.clone(), app.limits.heartbeat_interval()),
+            away: false,
             app,
             user,
             key,
@@ -191,7 +216,11 @@ impl Session {
         }
     }
 
-    async fn dispatch(&self, id: RequestId, request: Request) -> Result<ServerFrame, ServiceError> {
+    async fn dispatch(
+        &mut self,
+        id: RequestId,
+        request: Request,
+    ) -> Result<ServerFrame, ServiceError> {
         let app = &self.app;
         let user = &self.user;
         let done = |seq: RoomSeq| ServerFrame::Done { id, seq: Some(seq) };
@@ -294,6 +323,33 @@ impl Session {
                 room_id,
                 members: rooms::members(app, user, room_id).await?,
             },
+            Request::Typing { room_id } => {
+                liveness::typing(app, user, room_id).await?;
+                ServerFrame::Done { id, seq: None }
+            }
+            Request::MarkRead { room_id, seq } => {
+                done(liveness::advance_receipt(app, user, room_id, Some(seq), Some(seq)).await?)
+            }
+            Request::MarkDelivered { room_id, seq } => {
+                liveness::advance_receipt(app, user, room_id, Some(seq), None).await?;
+                ServerFrame::Done { id, seq: None }
+            }
+            Request::SetPresence { status } => {
+                let away = match status {
+                    PresenceStatus::Online => false,
+                    PresenceStatus::Away => true,
+                    PresenceStatus::Offline => {
+                        return Err(ServiceError::invalid(
+                            "`status` must be `online` or `away`; close the connection to go offline",
+                        ));
+                    }
+                };
+                if away != self.away {
+                    self.away = away;
+                    app.presence.session_away(app, user.info.id, away);
+                }
+                ServerFrame::Done { id, seq: None }
+            }
         })
     }
 }
@@ -302,6 +358,9 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.heartbeat.abort();
         self.app.hub.unregister(self.key);
+        self.app
+            .presence
+            .disconnected(&self.app, self.user.info.id, self.away);
     }
 }
 

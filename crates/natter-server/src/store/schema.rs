@@ -2,7 +2,8 @@
 //! have run; a start applies the rest in one transaction. Never edit a migration that has
 //! shipped: add a new one.
 
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            INTEGER PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -70,4 +71,20 @@ CREATE TABLE room_events (
     role       TEXT,
     PRIMARY KEY (room_id, seq)
 ) WITHOUT ROWID;
-"#];
+"#,
+    // Liveness: read and delivery positions per member (existing members count as having read
+    // everything), last-seen times, and who each message mentions.
+    r#"
+ALTER TABLE members ADD COLUMN read_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN delivered_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE members SET
+    read_seq = (SELECT last_seq FROM rooms WHERE rooms.id = members.room_id),
+    delivered_seq = (SELECT last_seq FROM rooms WHERE rooms.id = members.room_id);
+ALTER TABLE users ADD COLUMN last_seen_at INTEGER;
+CREATE TABLE mentions (
+    user_id    INTEGER NOT NULL REFERENCES users(id),
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    PRIMARY KEY (user_id, message_id)
+) WITHOUT ROWID;
+"#,
+];

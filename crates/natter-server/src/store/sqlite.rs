@@ -410,14 +410,23 @@ fn room_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<RoomInfo> {
         role: row.get::<_, Option<String>>(5)?.map(|r| parse_role(&r)),
         member_count: row.get(6)?,
         members,
+        read_seq: RoomSeq(row.get(7)?),
+        unread: row.get(8)?,
+        mentions: row.get(9)?,
     })
 }
 
-/// `?1` is the viewer: `role` is theirs.
+/// `?1` is the viewer: `role`, the read position and the unread counts are theirs.
 const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
-        (SELECT role FROM members WHERE room_id = r.id AND user_id = ?1),
-        (SELECT COUNT(*) FROM members WHERE room_id = r.id)
-    FROM rooms r";
+        v.role,
+        (SELECT COUNT(*) FROM members WHERE room_id = r.id),
+        COALESCE(v.read_seq, 0),
+        (SELECT COUNT(*) FROM messages m
+            WHERE m.room_id = r.id AND m.seq > v.read_seq AND m.author_id != ?1 AND m.deleted = 0),
+        (SELECT COUNT(*) FROM mentions mn JOIN messages m ON m.id = mn.message_id
+            WHERE mn.user_id = ?1 AND m.room_id = r.id AND m.seq > v.read_seq AND m.deleted = 0)
+    FROM rooms r
+    LEFT JOIN members v ON v.room_id = r.id AND v.user_id = ?1";
 
 fn role_of(conn: &Connection, room_id: RoomId, user_id: UserId) -> rusqlite::Result<Option<Role>> {
     conn.prepare_cached("SELECT role FROM members WHERE room_id = ?1 AND user_id = ?2")?
@@ -546,7 +555,8 @@ fn add_member(
         },
     )?;
     db(conn.execute(
-        "INSERT INTO members (room_id, user_id, role, joined_seq) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO members (room_id, user_id, role, joined_seq, read_seq, delivered_seq)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?4)",
         params![room_id.0, user_id.0, role_str(role), record.seq.0],
     ))?;
     Ok(record)
@@ -569,6 +579,7 @@ fn apply_change(
         Change::Send {
             client_msg_id,
             body,
+            mentions,
         } => {
             let first: Option<(i64, i64)> = db(conn
                 .prepare_cached(
@@ -610,6 +621,16 @@ fn apply_change(
                     stmt.execute(params![room_id.0, seq.0, actor.0, client_msg_id.0, body, now])
                 }))?;
             let message_id = MessageId(conn.last_insert_rowid());
+            if !mentions.is_empty() {
+                let mut mention = db(conn.prepare_cached(
+                    "INSERT OR IGNORE INTO mentions (user_id, message_id)
+                     SELECT u.id, ?1 FROM users u JOIN members m ON m.user_id = u.id
+                     WHERE m.room_id = ?2 AND u.username = ?3 AND u.id != ?4",
+                ))?;
+                for username in &mentions {
+                    db(mention.execute(params![message_id.0, room_id.0, username, actor.0]))?;
+                }
+            }
             let row = EventRow {
                 kind: "message_created",
                 message_id: Some(message_id),
@@ -997,8 +1018,9 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             db(conn
                 .prepare_cached(
-                    "SELECT u.id, u.username, u.display_name, m.role FROM members m
-                     JOIN users u ON u.id = m.user_id WHERE m.room_id = ?1 ORDER BY u.username",
+                    "SELECT u.id, u.username, u.display_name, m.role, m.delivered_seq, m.read_seq
+                     FROM members m JOIN users u ON u.id = m.user_id
+                     WHERE m.room_id = ?1 ORDER BY u.username",
                 )
                 .and_then(|mut stmt| {
                     stmt.query_map([room_id.0], |row| {
@@ -1009,10 +1031,86 @@ impl Store for SqliteStore {
                                 display_name: row.get(2)?,
                             },
                             role: parse_role(&row.get::<_, String>(3)?),
+                            delivered_seq: RoomSeq(row.get(4)?),
+                            read_seq: RoomSeq(row.get(5)?),
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
                 }))
+        })
+        .await
+    }
+
+    async fn room_ids_of(&self, user_id: UserId) -> Result<Vec<RoomId>, StoreError> {
+        self.read(move |conn| {
+            db(conn
+                .prepare_cached("SELECT room_id FROM members WHERE user_id = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_map([user_id.0], |row| Ok(RoomId(row.get(0)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                }))
+        })
+        .await
+    }
+
+    async fn advance_receipt(
+        &self,
+        room_id: RoomId,
+        user_id: UserId,
+        delivered: Option<RoomSeq>,
+        read: Option<RoomSeq>,
+    ) -> Result<Option<(RoomSeq, RoomSeq)>, StoreError> {
+        self.write(move |conn| {
+            let current: Option<(u64, u64, u64)> = db(conn
+                .query_row(
+                    "SELECT m.delivered_seq, m.read_seq, r.last_seq FROM members m
+                     JOIN rooms r ON r.id = m.room_id WHERE m.room_id = ?1 AND m.user_id = ?2",
+                    params![room_id.0, user_id.0],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional())?;
+            let (delivered_now, read_now, last) = current.ok_or(StoreError::NotFound("member"))?;
+            let read_next = read.map_or(read_now, |r| r.0.min(last)).max(read_now);
+            let delivered_next = delivered
+                .map_or(delivered_now, |d| d.0.min(last))
+                .max(delivered_now)
+                .max(read_next);
+            if (delivered_next, read_next) == (delivered_now, read_now) {
+                return Ok(None);
+            }
+            db(conn.execute(
+                "UPDATE members SET delivered_seq = ?1, read_seq = ?2 WHERE room_id = ?3 AND user_id = ?4",
+                params![delivered_next, read_next, room_id.0, user_id.0],
+            ))?;
+            Ok(Some((RoomSeq(delivered_next), RoomSeq(read_next))))
+        })
+        .await
+    }
+
+    async fn contacts(&self, user_id: UserId) -> Result<Vec<(UserId, Option<i64>)>, StoreError> {
+        self.read(move |conn| {
+            db(conn
+                .prepare_cached(
+                    "SELECT DISTINCT u.id, u.last_seen_at FROM members mine
+                     JOIN members theirs ON theirs.room_id = mine.room_id
+                     JOIN users u ON u.id = theirs.user_id
+                     WHERE mine.user_id = ?1 AND theirs.user_id != ?1",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map([user_id.0], |row| Ok((UserId(row.get(0)?), row.get(1)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                }))
+        })
+        .await
+    }
+
+    async fn set_last_seen(&self, user_id: UserId, at: i64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            db(conn.execute(
+                "UPDATE users SET last_seen_at = ?1 WHERE id = ?2",
+                params![at, user_id.0],
+            ))
+            .map(|_| ())
         })
         .await
     }

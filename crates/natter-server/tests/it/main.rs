@@ -7,6 +7,7 @@ mod accounts;
 mod authorization;
 mod bad_input;
 mod durability;
+mod liveness;
 mod messaging;
 mod resume;
 mod rooms;

@@ -26,6 +26,7 @@ fn send(id: &str) -> Change {
     Change::Send {
         client_msg_id: ClientMsgId(id.into()),
         body: format!("body of {id}"),
+        mentions: vec![],
     }
 }
 
@@ -133,6 +134,7 @@ async fn a_repeated_client_msg_id_returns_the_first_message() {
             Change::Send {
                 client_msg_id: ClientMsgId("same".into()),
                 body: "different".into(),
+                mentions: vec![],
             },
             0,
         )

@@ -1,0 +1,378 @@
+//! Liveness: presence, typing, delivery and read receipts, unread counts.
+
+use crate::support::raw::RawSocket;
+use crate::support::*;
+use natter_client::protocol::frame::{Request, ServerFrame};
+use natter_client::protocol::{ErrorCode, PresenceStatus, RoomId, RoomSeq, UserId, Visibility};
+use natter_client::{Client, ClientEvent};
+use std::time::Duration;
+
+/// Presence changes are published after this window in these tests.
+async fn quick_presence_server() -> TestServer {
+    TestServer::start_with(|s| s.limits.presence_coalesce_ms = 50).await
+}
+
+/// Waits until `user_id` is reported `status`; returns their last-seen time. Earlier reports
+/// (the initial `online` of a user who just connected) are skipped.
+async fn presence_becomes(
+    client: &mut Client,
+    user_id: UserId,
+    status: PresenceStatus,
+) -> Option<i64> {
+    wait_for(client, |f| match f {
+        ServerFrame::Presence { presence }
+            if presence.user_id == user_id && presence.status == status =>
+        {
+            Some(presence.last_seen)
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// True if no presence frame saying `user_id` is `status` arrives within `within`.
+async fn no_presence_of(
+    client: &mut Client,
+    user_id: UserId,
+    status: PresenceStatus,
+    within: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event_within(left).await {
+            None => return true,
+            Some(ClientEvent::Frame(ServerFrame::Presence { presence }))
+                if presence.user_id == user_id && presence.status == status =>
+            {
+                return false;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Ana and Bo share a channel; returns it once both have been online for longer than the
+/// coalescing window (a shorter stay is a flap, which by design is never published).
+async fn shared_room(ana: &Client, bo: &mut Client) -> RoomId {
+    let room = create_channel(ana, "together", Visibility::Public).await;
+    join_and_follow(bo, room.id).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    room.id
+}
+
+#[tokio::test]
+async fn presence_reaches_those_who_share_a_room_and_no_one_else() {
+    let server = quick_presence_server().await;
+    let (_, mut ana) = server.connected("ana").await;
+    let (bo_auth, mut bo) = server.connected("bo").await;
+    let (_, mut eve) = server.connected("eve").await;
+    shared_room(&ana, &mut bo).await;
+    bo.close();
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline).await;
+    let _bo_again = server.client(&bo_auth).await;
+    assert_eq!(
+        presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online).await,
+        None
+    );
+    for status in [PresenceStatus::Online, PresenceStatus::Offline] {
+        assert!(
+            no_presence_of(
+                &mut eve,
+                bo_auth.user.id,
+                status,
+                Duration::from_millis(200)
+            )
+            .await
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_welcome_tells_who_of_the_users_contacts_is_online() {
+    let server = quick_presence_server().await;
+    let (ana_auth, ana) = server.connected("ana").await;
+    let (bo_auth, mut bo) = server.connected("bo").await;
+    server.connected("eve").await;
+    shared_room(&ana, &mut bo).await;
+    let mut raw = RawSocket::connect(&server.base_url).await;
+    let welcome = raw
+        .request(&format!(
+            r#"{{"id":1,"type":"hello","token":"{}"}}"#,
+            bo_auth.token
+        ))
+        .await;
+    let ServerFrame::Welcome { presence, .. } = welcome else {
+        panic!("{welcome:?}")
+    };
+    assert_eq!(
+        presence.len(),
+        1,
+        "only ana shares a room with bo: {presence:?}"
+    );
+    assert_eq!(
+        (presence[0].user_id, presence[0].status),
+        (ana_auth.user.id, PresenceStatus::Online)
+    );
+}
+
+#[tokio::test]
+async fn a_user_with_two_devices_is_online_until_the_last_one_leaves() {
+    let server = quick_presence_server().await;
+    let (_, mut ana) = server.connected("ana").await;
+    let (bo_auth, mut phone) = server.connected("bo").await;
+    shared_room(&ana, &mut phone).await;
+    let laptop = server.client(&bo_auth).await;
+    laptop.close();
+    assert!(
+        no_presence_of(
+            &mut ana,
+            bo_auth.user.id,
+            PresenceStatus::Offline,
+            Duration::from_millis(300)
+        )
+        .await,
+        "still online on the phone"
+    );
+    phone.close();
+    let last_seen = presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline).await;
+    assert!(
+        last_seen.is_some_and(|at| at > 0),
+        "offline carries last seen"
+    );
+}
+
+#[tokio::test]
+async fn away_is_when_every_session_says_so() {
+    let server = quick_presence_server().await;
+    let (_, mut ana) = server.connected("ana").await;
+    let (bo_auth, mut phone) = server.connected("bo").await;
+    shared_room(&ana, &mut phone).await;
+    let laptop = server.client(&bo_auth).await;
+    let away = || Request::SetPresence {
+        status: PresenceStatus::Away,
+    };
+    phone.request(away()).await.unwrap();
+    assert!(
+        no_presence_of(
+            &mut ana,
+            bo_auth.user.id,
+            PresenceStatus::Away,
+            Duration::from_millis(300)
+        )
+        .await,
+        "the laptop is active"
+    );
+    laptop.request(away()).await.unwrap();
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Away).await;
+    laptop
+        .request(Request::SetPresence {
+            status: PresenceStatus::Online,
+        })
+        .await
+        .unwrap();
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online).await;
+    let error = laptop
+        .request(Request::SetPresence {
+            status: PresenceStatus::Offline,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::InvalidField));
+}
+
+#[tokio::test]
+async fn a_connection_that_dies_without_a_goodbye_goes_offline_after_the_heartbeat_timeout() {
+    let server = TestServer::start_with(|s| {
+        s.limits.presence_coalesce_ms = 50;
+        s.limits.heartbeat_interval_ms = 200;
+        s.limits.heartbeat_timeout_ms = 800;
+    })
+    .await;
+    let (_, mut ana) = server.connected("ana").await;
+    let (bo_auth, mut bo) = server.connected("bo").await;
+    shared_room(&ana, &mut bo).await;
+    bo.close();
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline).await;
+    // A client that goes silent (its process frozen, its network gone) sends nothing more.
+    let _silent = RawSocket::authenticated(&server.base_url, &bo_auth.token).await;
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online).await;
+    let started = tokio::time::Instant::now();
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "not before the heartbeat timeout"
+    );
+}
+
+#[tokio::test]
+async fn typing_reaches_the_other_members_and_is_never_stored() {
+    let server = TestServer::start().await;
+    let (_, mut ana) = server.connected("ana").await;
+    let (bo_auth, mut bo) = server.connected("bo").await;
+    let (_, eve) = server.connected("eve").await;
+    let room = shared_room(&ana, &mut bo).await;
+    let mut bo_laptop = server.client(&bo_auth).await;
+    expect_connected(&mut bo_laptop).await;
+    let before = newest_messages(&ana, room).await.len();
+    let ServerFrame::Done { seq: None, .. } =
+        bo.request(Request::Typing { room_id: room }).await.unwrap()
+    else {
+        panic!("typing answers done without a sequence")
+    };
+    let typist = wait_for(&mut ana, |f| match f {
+        ServerFrame::Typing { room_id, user } if *room_id == room => Some(user.username.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(typist, "bo");
+    // Not to the typist's own devices, and not stored.
+    bo.request(Request::Ping).await.unwrap();
+    while let Some(event) = bo_laptop
+        .next_event_within(Duration::from_millis(200))
+        .await
+    {
+        assert!(
+            !matches!(event, ClientEvent::Frame(ServerFrame::Typing { .. })),
+            "{event:?}"
+        );
+    }
+    assert_eq!(newest_messages(&ana, room).await.len(), before);
+    let error = eve
+        .request(Request::Typing { room_id: room })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Forbidden));
+}
+
+async fn receipt_for(client: &mut Client, user_id: UserId) -> (RoomSeq, RoomSeq) {
+    wait_for(client, |f| match f {
+        ServerFrame::Receipt {
+            user_id: u,
+            delivered_seq,
+            read_seq,
+            ..
+        } if *u == user_id => Some((*delivered_seq, *read_seq)),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_read_position_only_moves_forward_and_reaches_the_readers_other_devices() {
+    let server = TestServer::start().await;
+    let (_, mut ana) = server.connected("ana").await;
+    let (bo_auth, mut phone) = server.connected("bo").await;
+    let room = shared_room(&ana, &mut phone).await;
+    let mut laptop = server.client(&bo_auth).await;
+    let mut last = RoomSeq::ZERO;
+    for n in 0..5 {
+        last = ana.send_message(room, format!("m{n}")).await.unwrap().seq;
+    }
+    let read = |seq| Request::MarkRead { room_id: room, seq };
+    let target = RoomSeq(last.0 - 1);
+    assert!(
+        matches!(phone.request(read(target)).await.unwrap(), ServerFrame::Done { seq: Some(s), .. } if s == target)
+    );
+    assert_eq!(
+        receipt_for(&mut laptop, bo_auth.user.id).await,
+        (target, target)
+    );
+    assert_eq!(
+        receipt_for(&mut ana, bo_auth.user.id).await,
+        (target, target)
+    );
+    // Backwards is ignored; beyond the end is the end.
+    assert!(
+        matches!(phone.request(read(RoomSeq(2))).await.unwrap(), ServerFrame::Done { seq: Some(s), .. } if s == target)
+    );
+    assert!(
+        matches!(phone.request(read(RoomSeq(10_000))).await.unwrap(), ServerFrame::Done { seq: Some(s), .. } if s == last)
+    );
+    let ServerFrame::Members { members, .. } = ana
+        .request(Request::Members { room_id: room })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let bo_member = members
+        .iter()
+        .find(|m| m.user.id == bo_auth.user.id)
+        .unwrap();
+    assert_eq!((bo_member.delivered_seq, bo_member.read_seq), (last, last));
+}
+
+#[tokio::test]
+async fn delivery_is_known_when_the_recipients_client_says_it_has_the_message() {
+    let server = TestServer::start().await;
+    let (_, mut ana) = server.connected("ana").await;
+    let (bo_auth, mut bo) = server.connected("bo").await;
+    let room = shared_room(&ana, &mut bo).await;
+    let joined = newest_messages(&ana, room).await.len();
+    assert_eq!(joined, 0);
+    let message = ana.send_message(room, "did you get this?").await.unwrap();
+    let ServerFrame::Done { .. } = bo
+        .request(Request::MarkDelivered {
+            room_id: room,
+            seq: message.seq,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let (delivered, read) = receipt_for(&mut ana, bo_auth.user.id).await;
+    assert_eq!(delivered, message.seq);
+    assert!(read < message.seq, "delivered is not read");
+}
+
+#[tokio::test]
+async fn unread_counts_and_mentions_are_right_after_reconnect() {
+    let server = TestServer::start().await;
+    let (_, ana) = server.connected("ana").await;
+    let (bo_auth, mut bo) = server.connected("bo").await;
+    let room = shared_room(&ana, &mut bo).await;
+    bo.close();
+    drop(bo);
+    ana.send_message(room, "one").await.unwrap();
+    ana.send_message(room, "@bo can you look at this?")
+        .await
+        .unwrap();
+    let last = ana
+        .send_message(room, "three, for @eve who is not here")
+        .await
+        .unwrap()
+        .seq;
+
+    let unread_of = |rooms: &[natter_client::protocol::RoomInfo]| {
+        let r = rooms.iter().find(|r| r.id == room).unwrap();
+        (r.unread, r.mentions)
+    };
+    let mut bo = server.client(&bo_auth).await;
+    assert_eq!(unread_of(&expect_connected(&mut bo).await), (3, 1));
+    let mut bo_phone = server.client(&bo_auth).await;
+    assert_eq!(
+        unread_of(&expect_connected(&mut bo_phone).await),
+        (3, 1),
+        "the same on every device"
+    );
+    let ServerFrame::Rooms { rooms, .. } = ana.request(Request::ListRooms).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        unread_of(&rooms),
+        (0, 0),
+        "one's own messages are never unread"
+    );
+
+    bo.request(Request::MarkRead {
+        room_id: room,
+        seq: last,
+    })
+    .await
+    .unwrap();
+    bo.close();
+    let mut bo = server.client(&bo_auth).await;
+    assert_eq!(unread_of(&expect_connected(&mut bo).await), (0, 0));
+}
