@@ -10,10 +10,13 @@ import {
   NatterClient,
   websocketUrl,
   type ConnectionState,
+  type MemberInfo,
   type Message,
   type PendingMessage,
+  type PresenceInfo,
   type RoomId,
   type RoomInfo,
+  type UserId,
   type UserInfo,
 } from "@natter/sdk";
 import { mentions } from "./markdown.tsx";
@@ -37,6 +40,10 @@ export const pending = signal<PendingMessage[]>([]);
 export const currentRoomId = signal<RoomId | null>(null);
 export const unread = signal<Record<RoomId, { count: number; mentions: number }>>({});
 export const maxMessageBytes = signal(16384);
+export const presence = signal<Record<UserId, PresenceInfo>>({});
+export const typing = signal<Record<RoomId, UserInfo[]>>({});
+/** Members with their delivery and read positions, for the rooms that were opened. */
+export const members = signal<Record<RoomId, MemberInfo[]>>({});
 export const notice = signal<string | null>(null);
 
 export const currentRoom = computed(() => rooms.value.find((room) => room.id === currentRoomId.value) ?? null);
@@ -47,6 +54,12 @@ let client: NatterClient | null = null;
 export function getClient(): NatterClient {
   if (!client) throw new Error("not connected");
   return client;
+}
+
+/** The other member of a direct message (null for channels and groups). */
+export function dmPartner(room: RoomInfo): UserInfo | null {
+  if (room.kind !== "dm") return null;
+  return room.members.find((member) => member.id !== me.value?.id) ?? null;
 }
 
 /** A room's name as people say it: `#general`, or the other members of a direct message. */
@@ -84,9 +97,42 @@ function upsert(list: Message[], message: Message): Message[] {
   return [...without.slice(0, index), message, ...without.slice(index)];
 }
 
+function countsOf(list: RoomInfo[]): Record<RoomId, { count: number; mentions: number }> {
+  return Object.fromEntries(list.filter((r) => r.unread > 0).map((r) => [r.id, { count: r.unread, mentions: r.mentions }]));
+}
+
+/** The user is looking at this room right now. */
+function isViewing(roomId: RoomId): boolean {
+  return currentRoomId.value === roomId && document.visibilityState === "visible";
+}
+
+/** After the user's read position moved (maybe on another device): take the server's counts. */
+async function refreshCounts(roomId: RoomId, readSeq: number): Promise<void> {
+  const room = rooms.value.find((r) => r.id === roomId);
+  if (room && readSeq >= room.last_seq) {
+    const { [roomId]: _read, ...rest } = unread.value;
+    unread.value = rest;
+    return;
+  }
+  try {
+    const reply = await getClient().request({ type: "list_rooms" });
+    if (reply.type === "rooms") unread.value = countsOf(reply.rooms);
+  } catch {
+    // The next welcome carries fresh counts.
+  }
+}
+
+async function loadMembers(roomId: RoomId): Promise<void> {
+  try {
+    const reply = await getClient().request({ type: "members", room_id: roomId });
+    if (reply.type === "members") members.value = { ...members.value, [roomId]: reply.members };
+  } catch {
+    // Receipts stay hidden until the next open.
+  }
+}
+
 function markUnread(message: Message): void {
-  const viewing = currentRoomId.value === message.room_id && document.visibilityState === "visible";
-  if (message.author.id === me.value?.id || viewing) return;
+  if (message.author.id === me.value?.id || isViewing(message.room_id)) return;
   const mentioned = me.value ? mentions(message.body, me.value.username) : false;
   const current = unread.value[message.room_id] ?? { count: 0, mentions: 0 };
   unread.value = {
@@ -118,6 +164,8 @@ export function start(): void {
   client = next;
   next.on("state", (state) => {
     connection.value = state;
+    // A new connection starts active.
+    if (state === "online") away = false;
   });
   next.on("closed", ({ code }) => {
     if (client !== next) return;
@@ -134,6 +182,8 @@ export function start(): void {
     isAdmin.value = welcome.is_admin;
     maxMessageBytes.value = welcome.limits.max_message_bytes;
     rooms.value = sortRooms(welcome.rooms);
+    unread.value = countsOf(welcome.rooms);
+    presence.value = Object.fromEntries(welcome.presence.map((p) => [p.user_id, p]));
     if (!welcome.resumed) messages.value = {};
     const current = currentRoomId.value;
     if (current === null || !welcome.rooms.some((room) => room.id === current)) {
@@ -141,7 +191,24 @@ export function start(): void {
       const first = welcome.rooms.find((room) => room.id === saved) ?? sortRooms(welcome.rooms)[0];
       currentRoomId.value = first?.id ?? null;
     }
-    if (currentRoomId.value !== null && !messages.value[currentRoomId.value]) void loadOlder(currentRoomId.value);
+    if (currentRoomId.value !== null) openRoom(currentRoomId.value);
+  });
+  next.on("presence", (info) => {
+    presence.value = { ...presence.value, [info.user_id]: info };
+  });
+  next.on("typing", ({ roomId, users }) => {
+    typing.value = { ...typing.value, [roomId]: users };
+  });
+  next.on("receipt", ({ roomId, userId, deliveredSeq, readSeq }) => {
+    const list = members.value[roomId];
+    if (list) {
+      members.value = {
+        ...members.value,
+        [roomId]: list.map((m) => (m.user.id === userId ? { ...m, delivered_seq: deliveredSeq, read_seq: readSeq } : m)),
+      };
+    }
+    // Read on another device: the counts here follow.
+    if (userId === me.value?.id) void refreshCounts(roomId, readSeq);
   });
   next.on("event", (frame) => {
     const { room_id: roomId, event } = frame;
@@ -151,6 +218,7 @@ export function start(): void {
       case "message_created":
         if (loaded) setRoomMessages(roomId, (c) => ({ ...c, messages: upsert(c.messages, event.message) }));
         markUnread(event.message);
+        if (isViewing(roomId)) getClient().markRead(roomId, frame.seq);
         break;
       case "message_edited":
         if (loaded)
@@ -234,21 +302,48 @@ export async function loadOlder(roomId: RoomId): Promise<void> {
   }
 }
 
+/** Marks what the user is looking at as read, here and on their other devices. */
+function readCurrent(): void {
+  const roomId = currentRoomId.value;
+  if (roomId === null || document.visibilityState !== "visible") return;
+  const { [roomId]: _read, ...rest } = unread.value;
+  unread.value = rest;
+  const room = rooms.value.find((r) => r.id === roomId);
+  if (room && client?.state === "online") client.markRead(roomId, room.last_seq);
+}
+
 export function openRoom(roomId: RoomId): void {
   currentRoomId.value = roomId;
   localStorage.setItem("natter.room", String(roomId));
-  const { [roomId]: _read, ...rest } = unread.value;
-  unread.value = rest;
   if (!messages.value[roomId]) void loadOlder(roomId);
+  void loadMembers(roomId);
+  readCurrent();
 }
 
-/** Clears the current room's unread count when the tab becomes visible again. */
+/** Away while the page is hidden or the user idle; read what they come back to. */
+const IDLE_MS = 5 * 60_000;
+let idleTimer: ReturnType<typeof setTimeout> | null = null;
+let away = false;
+function setAway(next: boolean): void {
+  if (next === away || client?.state !== "online") return;
+  away = next;
+  client.setPresence(next ? "away" : "online");
+}
+function active(): void {
+  if (document.visibilityState !== "visible") return;
+  setAway(false);
+  if (idleTimer) clearTimeout(idleTimer);
+  idleTimer = setTimeout(() => setAway(true), IDLE_MS);
+}
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "visible" && currentRoomId.value !== null) {
-    const { [currentRoomId.value]: _read, ...rest } = unread.value;
-    unread.value = rest;
+  if (document.visibilityState === "visible") {
+    active();
+    readCurrent();
+  } else {
+    setAway(true);
   }
 });
+for (const type of ["keydown", "pointerdown", "pointermove"]) addEventListener(type, active, { passive: true });
 
 export function stop(): void {
   client?.close();
@@ -259,6 +354,9 @@ export function stop(): void {
   messages.value = {};
   pending.value = [];
   unread.value = {};
+  presence.value = {};
+  typing.value = {};
+  members.value = {};
   currentRoomId.value = null;
   everOnline.value = false;
   authenticated.value = false;

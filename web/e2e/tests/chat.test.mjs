@@ -46,14 +46,14 @@ describe("the web app", () => {
 
     // A direct message: Bo opens it, then goes back to #general; Ana's answer shows as unread.
     await createChannel(bo, "design");
-    await bo.getByRole("button", { name: "New direct message" }).click();
+    await bo.getByRole("button", { name: "New direct message" }).first().click();
     await bo.getByLabel(/^To/).fill("ana");
     await bo.getByRole("button", { name: "Open", exact: true }).click();
     await bo.getByRole("heading", { name: "Ana" }).waitFor();
     await send(bo, "Lunch after the release?");
     const rooms = bo.getByRole("navigation", { name: "Rooms" });
     await rooms.getByRole("button", { name: /general/ }).click();
-    const dm = ana.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /^Bo/ });
+    const dm = ana.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /\bBo\b/ });
     await dm.click();
     await messageLog(ana).getByText("Lunch after the release?").waitFor();
     await send(ana, "Sure, 12:30 downstairs");
@@ -116,7 +116,7 @@ describe("the web app", () => {
     await log.getByText("missed 2").waitFor({ timeout: 30_000 });
     await log.getByText("typed while down 2").waitFor();
     await ana.locator(".pending").first().waitFor({ state: "detached" });
-    assert.equal(await ana.getByRole("status").count(), 0, "the banner is gone");
+    assert.equal(await ana.locator(".banner").count(), 0, "the banner is gone");
 
     // Exactly once, in the order typed, both on screen and on the server.
     for (const body of ["typed while down 1", "typed while down 2", "missed 1", "missed 2"]) {
@@ -150,5 +150,51 @@ describe("the web app", () => {
     await page.waitForTimeout(300); // the drawer's slide
     await page.screenshot({ path: join(tmpdir(), "natter-phone.png") });
     await context.close();
+  });
+});
+
+describe("liveness in the web app", () => {
+  let natter;
+  let browser;
+
+  before(async () => {
+    natter = await Natter.start();
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await natter?.dispose();
+  });
+
+  it("shows presence, typing, and a message going from sent to delivered to read", async () => {
+    const ana = await registeredPage(browser, natter, "ana");
+    const bo = await registeredPage(browser, natter, "bo");
+    await ana.getByRole("button", { name: "New direct message" }).first().click();
+    await ana.getByLabel(/^To/).fill("bo");
+    await ana.getByRole("button", { name: "Open", exact: true }).click();
+    await ana.getByRole("heading", { name: "Bo" }).waitFor();
+    await ana.locator(".partner-status", { hasText: "Online" }).waitFor();
+
+    // Bo is not looking at the conversation: his client has the message, he has not read it.
+    await send(ana, "Are you there?");
+    const receipt = ana.locator(".receipt");
+    await receipt.getByText("Delivered").waitFor();
+    await bo.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /Ana/ }).getByLabel("1 unread").waitFor();
+
+    // Bo opens it: Ana sees it read. Bo types: Ana sees that too.
+    await bo.getByRole("navigation", { name: "Rooms" }).getByRole("button", { name: /Ana/ }).click();
+    await messageLog(bo).getByText("Are you there?").waitFor();
+    await receipt.getByText("Read").waitFor();
+    await bo.getByRole("textbox", { name: /^Message / }).pressSequentially("Yes, just");
+    await ana.getByText("Bo is typing…").waitFor();
+    await bo.getByRole("textbox", { name: /^Message / }).press("Enter");
+    await messageLog(ana).getByText("Yes, just").waitFor();
+    await ana.getByText("Bo is typing…").waitFor({ state: "detached" });
+
+    // Bo leaves: Ana sees him offline with a last-seen time.
+    await bo.context().close();
+    await ana.locator(".partner-status", { hasText: "Last seen" }).waitFor({ timeout: 15_000 });
+    await ana.context().close();
   });
 });

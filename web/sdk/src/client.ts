@@ -13,10 +13,12 @@ import { Backoff } from "./backoff.ts";
 import { Emitter } from "./emitter.ts";
 import { ClosedError, DisconnectedError, ServerError, TimeoutError } from "./errors.ts";
 import { Outbox, type OutboxStorage, type PendingMessage } from "./outbox.ts";
+import { TypingTracker } from "./typing.ts";
 import {
   decodeServerFrame,
   isFinalClose,
   type Message,
+  type PresenceInfo,
   type Pushed,
   type Reply,
   type Request,
@@ -24,6 +26,8 @@ import {
   type RoomInfo,
   type RoomSeq,
   type ServerFrame,
+  type UserId,
+  type UserInfo,
 } from "./protocol.ts";
 
 export type ConnectionState = "connecting" | "online" | "reconnecting" | "offline";
@@ -53,6 +57,8 @@ export interface ClientOptions {
   backoffMaxMs?: number;
   random?: () => number;
   requestTimeoutMs?: number;
+  /** Tell the server which events this client has received (delivery receipts). Default on. */
+  acknowledgeDelivery?: boolean;
 }
 
 type Welcome = Extract<ServerFrame, { type: "welcome" }>;
@@ -73,7 +79,17 @@ export interface ClientEvents extends Record<string, unknown> {
   sent: { pending: PendingMessage; message: Message };
   /** The session ended for good (logout elsewhere, token refused, or `close()`). */
   closed: { code?: number };
+  /** Who is typing in a room changed (started, stopped, or expired). */
+  typing: { roomId: RoomId; users: UserInfo[] };
+  presence: PresenceInfo;
+  /** A member's delivery and read positions moved forward (the user's own, from any device). */
+  receipt: { roomId: RoomId; userId: UserId; deliveredSeq: RoomSeq; readSeq: RoomSeq };
 }
+
+/** Typing indications are re-sent at most this often while the user keeps typing. */
+const TYPING_REFRESH_MS = 2_500;
+/** Delivery acknowledgements wait this long, so a burst of messages costs one. */
+const DELIVERY_ACK_DELAY_MS = 300;
 
 interface Waiting {
   resolve: (frame: Reply) => void;
@@ -105,10 +121,16 @@ export class NatterClient extends Emitter<ClientEvents> {
   private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
   private lastHeard = 0;
   private welcomeFrame: Welcome | null = null;
+  private readonly typingTracker: TypingTracker;
+  private readonly typingSent = new Map<RoomId, number>();
+  private readonly readSent = new Map<RoomId, RoomSeq>();
+  private readonly deliveredPending = new Map<RoomId, RoomSeq>();
+  private deliveryTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly options: ClientOptions) {
     super();
     this.outbox = new Outbox(options.outboxStorage);
+    this.typingTracker = new TypingTracker((roomId, users) => this.emit("typing", { roomId, users }));
     this.backoff = new Backoff({
       minMs: options.backoffMinMs ?? 250,
       maxMs: options.backoffMaxMs ?? 15_000,
@@ -224,6 +246,42 @@ export class NatterClient extends Emitter<ClientEvents> {
     this.emit("outbox", this.outbox.list());
   }
 
+  /** Who is typing in a room now. */
+  typingIn(roomId: RoomId): UserInfo[] {
+    return this.typingTracker.users(roomId);
+  }
+
+  /** Call on every keystroke in a room's composer: sends `typing` at most every few seconds. */
+  typing(roomId: RoomId): void {
+    const now = Date.now();
+    if (this.currentState !== "online" || now - (this.typingSent.get(roomId) ?? 0) < TYPING_REFRESH_MS) return;
+    this.typingSent.set(roomId, now);
+    this.request({ type: "typing", room_id: roomId }).catch(() => {});
+  }
+
+  /** Marks the room read up to `seq` (the newest event the user has seen); never moves back. */
+  markRead(roomId: RoomId, seq: RoomSeq): void {
+    if (seq <= (this.readSent.get(roomId) ?? 0)) return;
+    this.readSent.set(roomId, seq);
+    this.request({ type: "mark_read", room_id: roomId, seq }).catch(() => this.readSent.delete(roomId));
+  }
+
+  /** `away` while the user is idle or the page hidden, `online` when they are back. */
+  setPresence(status: "online" | "away"): void {
+    this.request({ type: "set_presence", status }).catch(() => {});
+  }
+
+  private acknowledgeDelivery(roomId: RoomId, seq: RoomSeq): void {
+    if (this.options.acknowledgeDelivery === false) return;
+    this.deliveredPending.set(roomId, Math.max(seq, this.deliveredPending.get(roomId) ?? 0));
+    this.deliveryTimer ??= setTimeout(() => {
+      this.deliveryTimer = null;
+      const pending = [...this.deliveredPending];
+      this.deliveredPending.clear();
+      for (const [room_id, seq] of pending) this.request({ type: "mark_delivered", room_id, seq }).catch(() => {});
+    }, DELIVERY_ACK_DELAY_MS);
+  }
+
   // --- connection ---
 
   private open(state: ConnectionState): void {
@@ -288,6 +346,7 @@ export class NatterClient extends Emitter<ClientEvents> {
       const cursor = this.cursors.get(room.id);
       this.cursors.set(room.id, resumed && cursor !== undefined ? Math.min(cursor, room.last_seq) : room.last_seq);
     }
+    for (const room of frame.rooms) this.readSent.set(room.id, room.read_seq);
     this.everConnected = true;
     this.welcomeFrame = frame;
     this.backoff.reset();
@@ -307,9 +366,26 @@ export class NatterClient extends Emitter<ClientEvents> {
         // The server never repeats an event; this guards the app if a proxy ever replays one.
         if (cursor !== undefined && frame.seq <= cursor) return;
         this.cursors.set(frame.room_id, frame.seq);
+        if (frame.event.kind === "message_created") {
+          const author = frame.event.message.author.id;
+          this.typingTracker.stopped(frame.room_id, author);
+          if (author !== this.welcomeFrame?.user.id) this.acknowledgeDelivery(frame.room_id, frame.seq);
+        }
         this.emit("event", frame);
         return;
       }
+      case "typing":
+        this.typingTracker.typing(frame.room_id, frame.user, this.welcomeFrame?.limits.typing_timeout_ms || 6_000);
+        return;
+      case "presence":
+        this.emit("presence", frame.presence);
+        return;
+      case "receipt":
+        if (frame.user_id === this.welcomeFrame?.user.id) {
+          this.readSent.set(frame.room_id, Math.max(frame.read_seq, this.readSent.get(frame.room_id) ?? 0));
+        }
+        this.emit("receipt", { roomId: frame.room_id, userId: frame.user_id, deliveredSeq: frame.delivered_seq, readSeq: frame.read_seq });
+        return;
       case "gap":
         this.cursors.set(frame.room_id, frame.to_seq);
         this.emit("gap", frame);
@@ -341,6 +417,7 @@ export class NatterClient extends Emitter<ClientEvents> {
     this.socket = null;
     if (socket) detach(socket);
     this.clearTimers();
+    this.typingTracker.clear();
     const final = this.stopped || (code !== undefined && isFinalClose(code));
     this.failAll(final ? new ClosedError(code) : new DisconnectedError());
     this.outbox.requeueSending();

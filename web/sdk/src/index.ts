@@ -10,6 +10,7 @@ export { NatterClient, websocketUrl } from "./client.ts";
 export type { ClientEvents, ClientOptions, ConnectionState, SocketFactory, SocketLike } from "./client.ts";
 export { ClosedError, DisconnectedError, ServerError, TimeoutError } from "./errors.ts";
 export { Outbox, newClientMsgId } from "./outbox.ts";
+export { TypingTracker, typingLabel } from "./typing.ts";
 export type { OutboxStorage, PendingMessage, PendingStatus } from "./outbox.ts";
 export * from "./protocol.ts";
 export { login, logout, register, type AuthReply } from "./http.ts";

@@ -28,6 +28,20 @@ export interface RoomInfo {
   role: Role | null;
   member_count: number;
   members: UserInfo[];
+  /** The reader's read position. */
+  read_seq: RoomSeq;
+  /** Messages from others after `read_seq`, and how many of them mention the reader. */
+  unread: number;
+  mentions: number;
+}
+
+export type PresenceStatus = "online" | "away" | "offline";
+
+export interface PresenceInfo {
+  user_id: UserId;
+  status: PresenceStatus;
+  /** Milliseconds since the epoch; null while connected or never seen. */
+  last_seen: number | null;
 }
 
 export interface Message {
@@ -45,6 +59,8 @@ export interface Message {
 export interface MemberInfo {
   user: UserInfo;
   role: Role;
+  delivered_seq: RoomSeq;
+  read_seq: RoomSeq;
 }
 
 export type RoomEvent =
@@ -63,6 +79,7 @@ export interface Limits {
   resume_gap_limit: number;
   heartbeat_interval_ms: number;
   heartbeat_timeout_ms: number;
+  typing_timeout_ms: number;
 }
 
 /** Requests, without their `id` (the client assigns it). */
@@ -83,7 +100,11 @@ export type Request =
   | { type: "kick"; room_id: RoomId; user_id: UserId }
   | { type: "set_role"; room_id: RoomId; user_id: UserId; role: Role }
   | { type: "update_room"; room_id: RoomId; name?: string; topic?: string }
-  | { type: "members"; room_id: RoomId };
+  | { type: "members"; room_id: RoomId }
+  | { type: "typing"; room_id: RoomId }
+  | { type: "set_presence"; status: "online" | "away" }
+  | { type: "mark_read"; room_id: RoomId; seq: RoomSeq }
+  | { type: "mark_delivered"; room_id: RoomId; seq: RoomSeq };
 
 export type ErrorCode =
   | "bad_frame"
@@ -109,6 +130,7 @@ export type ServerFrame =
       user: UserInfo;
       is_admin: boolean;
       rooms: RoomInfo[];
+      presence: PresenceInfo[];
       limits: Limits;
     }
   | { type: "pong"; id: RequestId }
@@ -130,6 +152,9 @@ export type ServerFrame =
   | { type: "gap"; room_id: RoomId; from_seq: RoomSeq; to_seq: RoomSeq }
   | { type: "room_added"; room: RoomInfo }
   | { type: "room_removed"; room_id: RoomId }
+  | { type: "typing"; room_id: RoomId; user: UserInfo }
+  | { type: "presence"; presence: PresenceInfo }
+  | { type: "receipt"; room_id: RoomId; user_id: UserId; delivered_seq: RoomSeq; read_seq: RoomSeq }
   | { type: "heartbeat" };
 
 export type Reply = Extract<ServerFrame, { id: RequestId }>;
@@ -155,7 +180,7 @@ export function isFinalClose(code: number): boolean {
 
 const SERVER_TYPES = new Set([
   "welcome", "pong", "sent", "done", "history", "rooms", "room", "members",
-  "error", "event", "gap", "room_added", "room_removed", "heartbeat",
+  "error", "event", "gap", "room_added", "room_removed", "typing", "presence", "receipt", "heartbeat",
 ]);
 
 /** Parses one server frame; `null` for anything that is not one. */

@@ -39,11 +39,12 @@ class FakeSocket implements SocketLike {
 
 const room = (id: number, last_seq: number): RoomInfo => ({
   id, kind: "public", name: `room${id}`, topic: "", last_seq, role: "member", member_count: 2, members: [],
+  read_seq: last_seq, unread: 0, mentions: 0,
 });
 
 const limits = {
   max_frame_bytes: 65536, max_message_bytes: 16384, max_history_page: 200,
-  resume_gap_limit: 1000, heartbeat_interval_ms: 1000, heartbeat_timeout_ms: 3000,
+  resume_gap_limit: 1000, heartbeat_interval_ms: 1000, heartbeat_timeout_ms: 3000, typing_timeout_ms: 6000,
 };
 
 const message = (room_id: number, seq: number, client_msg_id: string, body: string): Message => ({
@@ -55,15 +56,15 @@ function welcome(socket: FakeSocket, rooms: RoomInfo[]): void {
   const hello = socket.ofType("hello").pop()!;
   socket.push({
     type: "welcome", id: hello.id as number, protocol: 1,
-    user: { id: 1, username: "ana", display_name: "Ana" }, is_admin: false, rooms, limits,
+    user: { id: 1, username: "ana", display_name: "Ana" }, is_admin: false, rooms, presence: [], limits,
   });
 }
 
+const bo = { id: 2, username: "bo", display_name: "Bo" };
+
 function event(room_id: number, seq: number, body = `m${seq}`): ServerFrame {
-  return {
-    type: "event", room_id, seq, at: 0, actor: 2,
-    event: { kind: "message_created", message: message(room_id, seq, `c${seq}`, body) },
-  };
+  const m = { ...message(room_id, seq, `c${seq}`, body), author: bo };
+  return { type: "event", room_id, seq, at: 0, actor: 2, event: { kind: "message_created", message: m } };
 }
 
 describe("NatterClient", () => {
@@ -256,6 +257,80 @@ describe("NatterClient", () => {
       const after = new NatterClient({ url: "ws://x", outboxStorage: storage, socketFactory: () => new FakeSocket() });
       expect(after.outbox.list()).toEqual([expect.objectContaining({ clientMsgId: pending.clientMsgId, status: "pending" })]);
       after.close();
+    });
+  });
+
+  describe("liveness", () => {
+    /** Advances time while the server keeps the connection alive with heartbeats. */
+    const live = (ms: number) => {
+      for (let t = 0; t < ms; t += 500) {
+        socket().push({ type: "heartbeat" });
+        vi.advanceTimersByTime(Math.min(500, ms - t));
+      }
+    };
+
+    it("shows who is typing until the indication expires or their message arrives", () => {
+      const seen: string[][] = [];
+      client.on("typing", ({ users }) => seen.push(users.map((u) => u.username)));
+      client.connect();
+      socket().open();
+      welcome(socket(), [room(1, 5)]);
+      socket().push({ type: "typing", room_id: 1, user: bo });
+      expect(client.typingIn(1).map((u) => u.username)).toEqual(["bo"]);
+      // A refresh keeps it alive past the first timeout.
+      live(5000);
+      socket().push({ type: "typing", room_id: 1, user: bo });
+      live(5000);
+      expect(client.typingIn(1)).toHaveLength(1);
+      live(1000);
+      expect(client.typingIn(1)).toEqual([]);
+      // Their message ends it at once.
+      socket().push({ type: "typing", room_id: 1, user: bo });
+      socket().push(event(1, 6));
+      expect(client.typingIn(1)).toEqual([]);
+      expect(seen).toEqual([["bo"], [], ["bo"], []]);
+    });
+
+    it("sends typing at most every few seconds while the user keeps typing", () => {
+      client.connect();
+      socket().open();
+      welcome(socket(), [room(1, 5)]);
+      for (let i = 0; i < 10; i++) {
+        client.typing(1);
+        live(200);
+      }
+      expect(socket().ofType("typing")).toHaveLength(1);
+      live(2500);
+      client.typing(1);
+      expect(socket().ofType("typing")).toHaveLength(2);
+    });
+
+    it("acknowledges delivery of others' messages in one request per burst", () => {
+      client.connect();
+      socket().open();
+      welcome(socket(), [room(1, 5)]);
+      socket().push(event(1, 6));
+      socket().push(event(1, 7));
+      expect(socket().ofType("mark_delivered")).toHaveLength(0);
+      vi.advanceTimersByTime(300);
+      expect(socket().ofType("mark_delivered")).toEqual([expect.objectContaining({ room_id: 1, seq: 7 })]);
+    });
+
+    it("never sends a read position backwards, and learns its own from other devices", () => {
+      client.connect();
+      socket().open();
+      welcome(socket(), [room(1, 5)]);
+      client.markRead(1, 5);
+      expect(socket().ofType("mark_read")).toHaveLength(0);
+      client.markRead(1, 8);
+      client.markRead(1, 7);
+      expect(socket().ofType("mark_read").map((f) => f.seq)).toEqual([8]);
+      const receipts: number[] = [];
+      client.on("receipt", ({ readSeq }) => receipts.push(readSeq));
+      socket().push({ type: "receipt", room_id: 1, user_id: 1, delivered_seq: 12, read_seq: 12 });
+      client.markRead(1, 10);
+      expect(socket().ofType("mark_read")).toHaveLength(1);
+      expect(receipts).toEqual([12]);
     });
   });
 });

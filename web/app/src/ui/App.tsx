@@ -6,6 +6,8 @@ import { logout } from "@natter/sdk";
 import {
   authenticated,
   connection,
+  dmPartner,
+  presence,
   currentRoom,
   currentRoomId,
   everOnline,
@@ -19,6 +21,7 @@ import {
 } from "../state.ts";
 import { BrowseChannels, CreateChannel, Invite, NewDirectMessage, type DialogKind } from "./Dialogs.tsx";
 import { Login } from "./Login.tsx";
+import { PresenceDot } from "./Presence.tsx";
 import { Composer, MessageList, RoomHeader } from "./Room.tsx";
 
 function Sidebar(props: { open: boolean; onDialog: (kind: DialogKind) => void; onPick: () => void }) {
@@ -47,6 +50,7 @@ function Sidebar(props: { open: boolean; onDialog: (kind: DialogKind) => void; o
         >
           <span class="room-name">
             {room.kind === "private" ? "🔒 " : room.kind === "public" ? "# " : ""}
+            {dmPartner(room) && <PresenceDot status={presence.value[dmPartner(room)!.id]?.status ?? "offline"} />}
             {roomTitle(room)}
           </span>
           {counts && (

@@ -5,9 +5,22 @@
 
 import { signal } from "@preact/signals";
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
-import type { Message, MessageId, PendingMessage, RoomInfo } from "@natter/sdk";
+import { typingLabel, type Message, type MessageId, type PendingMessage, type RoomInfo } from "@natter/sdk";
 import { renderMarkdown } from "../markdown.tsx";
-import { getClient, loadOlder, maxMessageBytes, me, messages, pending, roomTitle } from "../state.ts";
+import {
+  dmPartner,
+  getClient,
+  loadOlder,
+  maxMessageBytes,
+  me,
+  members,
+  messages,
+  pending,
+  presence,
+  roomTitle,
+  typing,
+} from "../state.ts";
+import { PresenceDot } from "./Presence.tsx";
 
 const editing = signal<MessageId | null>(null);
 
@@ -43,6 +56,7 @@ export function RoomHeader(props: { room: RoomInfo; onInvite: () => void; onMenu
           {roomTitle(room)}
         </h2>
         {room.topic && <p class="topic">{room.topic}</p>}
+        <PartnerStatus room={room} />
       </div>
       <span class="hint members-count">{room.member_count} {room.member_count === 1 ? "member" : "members"}</span>
       {channel && (
@@ -52,6 +66,48 @@ export function RoomHeader(props: { room: RoomInfo; onInvite: () => void; onMenu
         </>
       )}
     </header>
+  );
+}
+
+/** For a direct message: whether the other person is around, or when they last were. */
+function PartnerStatus(props: { room: RoomInfo }) {
+  const partner = dmPartner(props.room);
+  if (!partner) return null;
+  const info = presence.value[partner.id];
+  const status = info?.status ?? "offline";
+  const text =
+    status === "online"
+      ? "Online"
+      : status === "away"
+        ? "Away"
+        : info?.last_seen
+          ? `Last seen ${dayLabel(info.last_seen).toLowerCase()} at ${timeFormat.format(info.last_seen)}`
+          : "Offline";
+  return (
+    <p class="topic partner-status">
+      <PresenceDot status={status} /> {text}
+    </p>
+  );
+}
+
+/** Under the user's newest message: sent → delivered → read in a DM, "seen by" in a room. */
+function ReceiptLine(props: { room: RoomInfo; message: Message }) {
+  const others = (members.value[props.room.id] ?? []).filter((m) => m.user.id !== me.value?.id);
+  if (others.length === 0) return null;
+  const seq = props.message.seq;
+  let text: string;
+  if (props.room.kind === "dm") {
+    const other = others[0];
+    text = other.read_seq >= seq ? "Read" : other.delivered_seq >= seq ? "Delivered" : "Sent";
+  } else {
+    const seen = others.filter((m) => m.read_seq >= seq).map((m) => m.user.display_name);
+    if (seen.length === 0) return null;
+    text = seen.length <= 3 ? `Seen by ${seen.join(", ")}` : `Seen by ${seen.length}: ${seen.join(", ")}`;
+  }
+  return (
+    <li class="receipt" aria-live="polite">
+      {text}
+    </li>
   );
 }
 
@@ -221,6 +277,8 @@ export function MessageList(props: { room: RoomInfo }) {
     last = message;
   }
   const confirmed = new Set(list.map((m) => m.client_msg_id));
+  const newest = list[list.length - 1];
+  const mineIsNewest = newest && newest.author.id === me.value?.id && !newest.deleted;
 
   return (
     <div class="messages" ref={scroller} onScroll={onScroll}>
@@ -232,6 +290,7 @@ export function MessageList(props: { room: RoomInfo }) {
       {state && !state.loading && list.length === 0 && mine.length === 0 && <p class="hint empty">No messages yet. Say hello!</p>}
       <ul role="log" aria-live="polite" aria-label={`Messages in ${roomTitle(room)}`}>
         {items}
+        {mineIsNewest && <ReceiptLine room={room} message={newest} />}
         {mine.filter((p) => !confirmed.has(p.clientMsgId)).map((item) => (
           <PendingItem key={item.clientMsgId} item={item} />
         ))}
@@ -275,8 +334,12 @@ export function Composer(props: { room: RoomInfo }) {
     }
   }
 
+  const typists = typingLabel(typing.value[room.id] ?? []);
   return (
     <form class="composer" onSubmit={(e) => (e.preventDefault(), send())}>
+      <p class="typing" role="status" aria-live="polite">
+        {typists}
+      </p>
       {error && <p class="error" role="alert">{error}</p>}
       <textarea
         ref={ref}
@@ -284,7 +347,10 @@ export function Composer(props: { room: RoomInfo }) {
         placeholder={`Message ${room.kind === "public" || room.kind === "private" ? "#" : ""}${roomTitle(room)}`}
         rows={Math.min(8, Math.max(1, text.split("\n").length))}
         value={text}
-        onInput={(e) => setText(e.currentTarget.value)}
+        onInput={(e) => {
+          setText(e.currentTarget.value);
+          if (e.currentTarget.value.trim() !== "") getClient().typing(room.id);
+        }}
         onKeyDown={onKeyDown}
       />
       <button class="primary send" type="submit" aria-label="Send" disabled={text.trim() === ""}>
