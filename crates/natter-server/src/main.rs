@@ -9,6 +9,7 @@ use tracing_subscriber::prelude::*;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    natter_server::tune_allocator();
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
     let filter: Targets = match args.log.parse() {

@@ -24,6 +24,9 @@ use natter_protocol::{CloseCode, ErrorCode, codec};
 use std::time::Duration;
 use tokio::time::{Instant, timeout, timeout_at};
 
+/// Per-connection read and write buffer sizes (frames larger than this still pass).
+const IO_BUFFER_BYTES: usize = 8 * 1024;
+
 /// How long the server waits for its close frame to be written before dropping the socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -41,8 +44,12 @@ pub async fn upgrade(
         None
     };
     let max = state.app.limits.max_frame_bytes;
+    // tungstenite's default 128 KiB read and write buffers per connection dominate memory at
+    // thousands of mostly idle connections; chat frames are small and each batch is flushed.
     ws.max_frame_size(max)
         .max_message_size(max)
+        .read_buffer_size(IO_BUFFER_BYTES)
+        .write_buffer_size(IO_BUFFER_BYTES)
         .on_upgrade(move |socket| serve(socket, state, cookie_token))
 }
 

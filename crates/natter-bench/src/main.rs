@@ -1,0 +1,41 @@
+//! `natter-bench`: load scenarios against a running natter, over loopback.
+//!
+//! It is as lean as the thing it measures: raw WebSocket frames, and only what a scenario counts
+//! is looked at (a substring test, not a parse). Each run prints a human summary and one JSON line.
+//!
+//! - `presence`: many users in rooms, some of them disconnecting and coming back; counts the
+//!   presence frames that reach the others and the server CPU time per change.
+
+mod conn;
+mod presence;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "natter-bench", about = "Load scenarios for natter")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Users churning in and out of rooms: what presence costs.
+    Presence(presence::Args),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Presence(args) => presence::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("natter-bench: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
