@@ -101,6 +101,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
+    /// A libpq connection URL, `postgres://user@host:port/database`.
+    Postgres(String),
 }
 
 /// Everything the server needs to start, validated.
@@ -147,15 +149,18 @@ impl Settings {
     }
 }
 
-/// Parses `--database-url`: `sqlite://PATH`, `sqlite:PATH`. Other schemes are refused by name.
+/// Parses `--database-url`: `sqlite://PATH`, `sqlite:PATH`, `postgres://…` or `postgresql://…`.
 pub fn parse_database_url(url: &str) -> Result<Database, ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Database::Postgres(url.to_owned()));
+    }
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"));
     match path {
         Some(path) if !path.is_empty() => Ok(Database::Sqlite(PathBuf::from(path))),
         _ => Err(ConfigError::Invalid(format!(
-            "--database-url `{}`: expected sqlite://PATH (PostgreSQL support is not built in yet)",
+            "--database-url `{}`: expected sqlite://PATH or postgres://USER@HOST/DATABASE",
             url.split('@').next_back().unwrap_or_default()
         ))),
     }
@@ -213,7 +218,11 @@ mod tests {
             parse_database_url("sqlite:x.db").unwrap(),
             Database::Sqlite("x.db".into())
         );
-        let error = parse_database_url("postgres://user:secret@db/natter").unwrap_err();
+        assert_eq!(
+            parse_database_url("postgres://u@db/natter").unwrap(),
+            Database::Postgres("postgres://u@db/natter".into())
+        );
+        let error = parse_database_url("mysql://user:secret@db/natter").unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
     }
 }

@@ -22,11 +22,12 @@ use axum::serve::ListenerExt;
 use config::{Config, Database};
 use http::ServerState;
 use natter_core::App;
+use natter_core::ports::Store;
 use natter_protocol::CloseCode;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use store::SqliteStore;
+use store::{PostgresStore, SqliteStore};
 use tokio::net::TcpListener;
 
 /// Keeps a burst of logins from pinning memory. Each argon2 hash allocates about 19 MiB; glibc's
@@ -57,20 +58,24 @@ pub enum StartError {
 /// A server ready to run: its state and its store (kept to close it cleanly).
 pub struct Server {
     pub state: ServerState,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
 }
 
 impl Server {
     /// Opens the store (running migrations) and builds the application.
     pub async fn build(config: Config) -> Result<Server, StartError> {
-        let Database::Sqlite(path) = &config.database;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let store = Arc::new(SqliteStore::open(path)?);
+        let store: Arc<dyn Store> = match &config.database {
+            Database::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+                }
+                Arc::new(SqliteStore::open(path)?)
+            }
+            Database::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+        };
         let app = App::single_node(store.clone(), config.settings.limits.clone());
         let dummy_hash = auth::dummy_hash()
             .await

@@ -116,6 +116,9 @@ pub trait Store: Send + Sync + 'static {
     /// Succeeds when the store can serve reads and writes.
     async fn health(&self) -> Result<(), StoreError>;
 
+    /// Finishes every write already accepted, then refuses new ones (at shutdown).
+    fn close(&self) {}
+
     // --- accounts ---
 
     /// Creates an account. The first account on a store becomes its admin. With

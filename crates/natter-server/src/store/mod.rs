@@ -1,6 +1,8 @@
 //! Store implementations. Only this folder knows SQL.
 
+pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

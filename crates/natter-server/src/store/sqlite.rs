@@ -92,7 +92,7 @@ impl SqliteStore {
     }
 
     /// Lets the writer finish every queued job, then stops it. Later writes fail.
-    pub fn close(&self) {
+    pub fn shut(&self) {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(writer) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = writer.join();
@@ -164,7 +164,7 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.close();
+        self.shut();
     }
 }
 
@@ -754,6 +754,10 @@ impl Store for SqliteStore {
     async fn health(&self) -> Result<(), StoreError> {
         self.read(|conn| db(conn.query_row("SELECT 1", [], |_| Ok(()))))
             .await
+    }
+
+    fn close(&self) {
+        self.shut();
     }
 
     async fn create_user(

@@ -4,14 +4,38 @@
 
 use natter_core::ports::store::{Change, Store, StoreError, TokenId};
 use natter_protocol::{ClientMsgId, Role, RoomKind, RoomSeq, UserId};
-use natter_server::store::SqliteStore;
 use std::sync::Arc;
 
-fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
-    let dir = tempfile::TempDir::new().unwrap();
-    let store = SqliteStore::open(&dir.path().join("natter.db")).unwrap();
-    (dir, Arc::new(store))
+/// Runs each contract test against every store: `sqlite::name` and `postgres::name`.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                let (_dir, store) = crate::support::sqlite_store();
+                super::$name(store).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                let database = crate::support::TestDatabase::create().await;
+                super::$name(database.store().await).await;
+            })*
+        }
+    };
 }
+
+contract!(
+    concurrent_appends_get_gapless_strictly_increasing_sequences_per_room,
+    a_failed_change_takes_no_sequence_number,
+    a_repeated_client_msg_id_returns_the_first_message,
+    events_are_read_between_bounds_and_deleted_text_is_never_replayed,
+    tokens_expire_and_revoke,
+    the_first_user_is_admin_and_closed_registration_refuses_the_rest,
+    read_positions_only_move_forward_and_count_unread_messages_and_mentions,
+    a_direct_message_is_one_room_per_set_of_members,
+);
 
 async fn user(store: &Arc<dyn Store>, name: &str) -> UserId {
     store
@@ -30,9 +54,9 @@ fn send(id: &str) -> Change {
     }
 }
 
-#[tokio::test]
-async fn concurrent_appends_get_gapless_strictly_increasing_sequences_per_room() {
-    let (_dir, store) = sqlite();
+async fn concurrent_appends_get_gapless_strictly_increasing_sequences_per_room(
+    store: Arc<dyn Store>,
+) {
     let mut writers = Vec::new();
     for i in 0..8 {
         writers.push(user(&store, &format!("u{i}")).await);
@@ -93,9 +117,7 @@ async fn concurrent_appends_get_gapless_strictly_increasing_sequences_per_room()
     }
 }
 
-#[tokio::test]
-async fn a_failed_change_takes_no_sequence_number() {
-    let (_dir, store) = sqlite();
+async fn a_failed_change_takes_no_sequence_number(store: Arc<dyn Store>) {
     let ana = user(&store, "ana").await;
     let eve = user(&store, "eve").await;
     let (room, _) = store
@@ -118,9 +140,7 @@ async fn a_failed_change_takes_no_sequence_number() {
     assert_eq!(appended.record.seq, RoomSeq(2));
 }
 
-#[tokio::test]
-async fn a_repeated_client_msg_id_returns_the_first_message() {
-    let (_dir, store) = sqlite();
+async fn a_repeated_client_msg_id_returns_the_first_message(store: Arc<dyn Store>) {
     let ana = user(&store, "ana").await;
     let (room, _) = store
         .create_channel(ana, RoomKind::Public, "r", "", 0)
@@ -152,9 +172,7 @@ async fn a_repeated_client_msg_id_returns_the_first_message() {
     );
 }
 
-#[tokio::test]
-async fn events_are_read_between_bounds_and_deleted_text_is_never_replayed() {
-    let (_dir, store) = sqlite();
+async fn events_are_read_between_bounds_and_deleted_text_is_never_replayed(store: Arc<dyn Store>) {
     let ana = user(&store, "ana").await;
     let (room, _) = store
         .create_channel(ana, RoomKind::Public, "r", "", 0)
@@ -188,9 +206,7 @@ async fn events_are_read_between_bounds_and_deleted_text_is_never_replayed() {
     }
 }
 
-#[tokio::test]
-async fn tokens_expire_and_revoke() {
-    let (_dir, store) = sqlite();
+async fn tokens_expire_and_revoke(store: Arc<dyn Store>) {
     let ana = user(&store, "ana").await;
     let token = TokenId([7; 32]);
     store.insert_token(token, ana, 1_000).await.unwrap();
@@ -203,9 +219,7 @@ async fn tokens_expire_and_revoke() {
     assert!(!store.revoke_token(token).await.unwrap());
 }
 
-#[tokio::test]
-async fn the_first_user_is_admin_and_closed_registration_refuses_the_rest() {
-    let (_dir, store) = sqlite();
+async fn the_first_user_is_admin_and_closed_registration_refuses_the_rest(store: Arc<dyn Store>) {
     assert!(
         store
             .create_user("root", "Root", "h", true)
@@ -226,5 +240,85 @@ async fn the_first_user_is_admin_and_closed_registration_refuses_the_rest() {
             .await
             .unwrap()
             .is_admin
+    );
+}
+
+async fn read_positions_only_move_forward_and_count_unread_messages_and_mentions(
+    store: Arc<dyn Store>,
+) {
+    let ana = user(&store, "ana").await;
+    let bo = user(&store, "bo").await;
+    let (room, _) = store
+        .create_channel(ana, RoomKind::Public, "r", "", 0)
+        .await
+        .unwrap();
+    let joined = Change::AddMember {
+        user_id: bo,
+        role: Role::Member,
+        invited_by: None,
+    };
+    let join = store.append(room, bo, joined, 0).await.unwrap().record.seq;
+    for (n, body) in ["one", "hi @bo", "three"].iter().enumerate() {
+        let change = Change::Send {
+            client_msg_id: ClientMsgId(format!("m{n}")),
+            body: body.to_string(),
+            mentions: natter_core::services::messages::mentioned_usernames(body),
+        };
+        store.append(room, ana, change, 0).await.unwrap();
+    }
+    let info = store.room(room, bo).await.unwrap().unwrap();
+    assert_eq!((info.read_seq, info.unread, info.mentions), (join, 3, 1));
+    let moved = store
+        .advance_receipt(room, bo, None, Some(RoomSeq(join.0 + 2)))
+        .await
+        .unwrap();
+    assert_eq!(moved, Some((RoomSeq(join.0 + 2), RoomSeq(join.0 + 2))));
+    assert_eq!(
+        store
+            .advance_receipt(room, bo, Some(RoomSeq(1)), Some(RoomSeq(1)))
+            .await
+            .unwrap(),
+        None
+    );
+    let info = store.room(room, bo).await.unwrap().unwrap();
+    assert_eq!((info.unread, info.mentions), (1, 0));
+    let capped = store
+        .advance_receipt(room, bo, None, Some(RoomSeq(999)))
+        .await
+        .unwrap();
+    assert_eq!(
+        capped,
+        Some((info.last_seq, info.last_seq)),
+        "never past the newest event"
+    );
+    let eve = user(&store, "eve").await;
+    assert_eq!(
+        store
+            .advance_receipt(room, eve, None, Some(RoomSeq(1)))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound("member")
+    );
+}
+
+async fn a_direct_message_is_one_room_per_set_of_members(store: Arc<dyn Store>) {
+    let ana = user(&store, "ana").await;
+    let bo = user(&store, "bo").await;
+    let (first, events) = store.open_dm(ana, &[ana, bo], 0).await.unwrap();
+    assert_eq!(events.len(), 2);
+    let (again, events) = store.open_dm(bo, &[ana, bo], 0).await.unwrap();
+    assert_eq!((again, events.len()), (first, 0));
+    let memberships = store.rooms_of(bo).await.unwrap();
+    assert_eq!(memberships.len(), 1);
+    assert_eq!(memberships[0].room.kind, RoomKind::Dm);
+    assert_eq!(
+        store
+            .contacts(ana)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect::<Vec<_>>(),
+        [bo]
     );
 }

@@ -17,6 +17,87 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A SQLite store in a temporary directory.
+pub fn sqlite_store() -> (TempDir, std::sync::Arc<dyn natter_core::ports::Store>) {
+    let dir = TempDir::new().expect("temp dir");
+    let store =
+        natter_server::store::SqliteStore::open(&dir.path().join("natter.db")).expect("sqlite");
+    (dir, std::sync::Arc::new(store))
+}
+
+/// The PostgreSQL server the tests use: `NATTER_TEST_POSTGRES`, or the local one.
+pub fn postgres_admin_url() -> String {
+    std::env::var("NATTER_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// A fresh PostgreSQL database for one test, dropped when the test ends.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("natter_t_{}_{n}_{nanos}", std::process::id());
+        let admin = postgres_admin_url();
+        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL for the tests (NATTER_TEST_POSTGRES, default postgres://root@127.0.0.1:5432/test)");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin);
+        TestDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub async fn store(&self) -> std::sync::Arc<dyn natter_core::ports::Store> {
+        std::sync::Arc::new(
+            natter_server::store::PostgresStore::connect(&self.url)
+                .await
+                .expect("connect"),
+        )
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (postgres_admin_url(), self.name.clone());
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
 /// How long a test waits for something that should happen at once. Generous: machines are shared.
 pub const WAIT: Duration = Duration::from_secs(10);
 
