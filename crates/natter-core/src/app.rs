@@ -165,6 +165,11 @@ impl App {
     pub fn single_node(store: Arc<dyn Store>, limits: Limits) -> App {
         let hub = Hub::new();
         let broker = Arc::new(InProcessBroker::new(hub.clone()));
+        App::new(store, broker, hub, limits)
+    }
+
+    /// A node with its own broker (built around `hub`, which it delivers to).
+    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>, hub: Hub, limits: Limits) -> App {
         App {
             store,
             broker,

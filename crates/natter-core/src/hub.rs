@@ -233,6 +233,13 @@ impl Hub {
         }
     }
 
+    /// Tells every session to catch up from the store: the broker may have lost envelopes.
+    pub fn resync_all(&self) {
+        for entry in self.lock().sessions.values() {
+            entry.outbox.push(Outbound::Resync);
+        }
+    }
+
     /// Tells every session to end with `code` (used at shutdown).
     pub fn close_all(&self, code: CloseCode) {
         for entry in self.lock().sessions.values() {

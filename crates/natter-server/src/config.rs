@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// directory.
     #[arg(long, env = "NATTER_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Redis for fan-out between nodes, e.g. `redis://127.0.0.1:6379`. Needs PostgreSQL.
+    #[arg(long, env = "NATTER_REDIS_URL")]
+    pub redis_url: Option<String>,
     /// A TOML file with the other settings (see README).
     #[arg(long, env = "NATTER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -111,6 +114,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database: Database,
+    /// Fan-out between nodes; `None` for a single node.
+    pub redis_url: Option<String>,
     pub settings: Settings,
 }
 
@@ -180,10 +185,17 @@ impl Config {
             Some(url) => parse_database_url(url)?,
             None => Database::Sqlite(args.data_dir.join("natter.db")),
         };
+        if args.redis_url.is_some() && !matches!(database, Database::Postgres(_)) {
+            return Err(ConfigError::Invalid(
+                "--redis-url needs --database-url postgres://…: nodes must share their database"
+                    .into(),
+            ));
+        }
         Ok(Config {
             listen: args.listen,
             data_dir: args.data_dir.clone(),
             database,
+            redis_url: args.redis_url.clone(),
             settings,
         })
     }

@@ -5,7 +5,8 @@
 //! - [`http`]: the router, shared handler state, HTTP errors.
 //! - [`auth`]: passwords, session tokens, register/login/logout endpoints.
 //! - [`transport`]: WebSocket (later SSE and long-polling) turned into session calls.
-//! - [`store`]: the `Store` implementations; the only module that knows SQL.
+//! - [`store`]: the `Store` implementations (SQLite, PostgreSQL); the only module that knows SQL.
+//! - [`redis`]: the Redis broker, for several nodes; the only module that knows Redis.
 //! - [`web_assets`]: the web app, embedded at build time.
 //!
 //! [`run`] serves a bound listener until `shutdown` resolves, so tests start the real server on
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod redis;
 pub mod store;
 pub mod transport;
 pub mod web_assets;
@@ -22,8 +24,10 @@ use axum::serve::ListenerExt;
 use config::{Config, Database};
 use http::ServerState;
 use natter_core::App;
+use natter_core::hub::Hub;
 use natter_core::ports::Store;
 use natter_protocol::CloseCode;
+use redis::RedisBroker;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +57,8 @@ pub enum StartError {
     Store(#[from] natter_core::ports::StoreError),
     #[error("{0}")]
     Auth(String),
+    #[error("{0}")]
+    Broker(String),
 }
 
 /// A server ready to run: its state and its store (kept to close it cleanly).
@@ -64,6 +70,7 @@ pub struct Server {
 impl Server {
     /// Opens the store (running migrations) and builds the application.
     pub async fn build(config: Config) -> Result<Server, StartError> {
+        let mut cluster = None;
         let store: Arc<dyn Store> = match &config.database {
             Database::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -74,9 +81,23 @@ impl Server {
                 }
                 Arc::new(SqliteStore::open(path)?)
             }
-            Database::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+            Database::Postgres(url) => {
+                let store = PostgresStore::connect(url).await?;
+                cluster = Some(store.cluster_id().await?);
+                Arc::new(store)
+            }
         };
-        let app = App::single_node(store.clone(), config.settings.limits.clone());
+        let limits = config.settings.limits.clone();
+        let app = match (&config.redis_url, cluster) {
+            (Some(url), Some(cluster)) => {
+                let hub = Hub::new();
+                let broker = RedisBroker::start(url, &cluster, hub.clone())
+                    .await
+                    .map_err(|e| StartError::Broker(e.to_string()))?;
+                App::new(store.clone(), broker, hub, limits)
+            }
+            _ => App::single_node(store.clone(), limits),
+        };
         let dummy_hash = auth::dummy_hash()
             .await
             .map_err(|e| StartError::Auth(format!("{e:?}")))?;

@@ -30,6 +30,9 @@ pub enum Outbound {
     Ephemeral(Arc<str>),
     /// A change in the user's rooms, handled by the session.
     Notice(UserNotice),
+    /// The node may have missed envelopes (its broker reconnected): read every room from the
+    /// store after its cursor, and look for rooms joined meanwhile.
+    Resync,
 }
 
 impl Outbound {

@@ -220,6 +220,7 @@ impl SessionStream {
                         .await?;
                 }
                 Outbound::Notice(notice) => self.apply_notice(notice, out).await?,
+                Outbound::Resync => self.resync(out).await?,
             }
         }
         self.items = items;
@@ -271,6 +272,28 @@ impl SessionStream {
             }
             None => self.start_room(room_id, from_seq, out).await,
         }
+    }
+
+    /// Catches up every room, and starts following rooms joined while notices may have been lost.
+    async fn resync(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Closed> {
+        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+        for room_id in rooms {
+            self.schedule(room_id);
+        }
+        let memberships = self
+            .app
+            .store
+            .rooms_of(self.user_id)
+            .await
+            .map_err(|_| CloseCode::Resume)?;
+        for membership in memberships {
+            let room_id = membership.room.id;
+            if !self.rooms.contains_key(&room_id) {
+                self.app.hub.subscribe(self.key, [room_id]);
+                self.start_room(room_id, membership.joined_seq, out).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Begins following a room from its join event `from_seq`: `room_added`, then catch-up.

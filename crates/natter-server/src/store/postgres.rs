@@ -22,7 +22,8 @@ use natter_protocol::{
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            BIGSERIAL PRIMARY KEY,
     username      TEXT NOT NULL,
@@ -89,7 +90,14 @@ CREATE TABLE mentions (
     message_id BIGINT NOT NULL REFERENCES messages(id),
     PRIMARY KEY (user_id, message_id)
 );
-"#];
+"#,
+    // The cluster's identity: every node sharing this database shares the broker channel named
+    // after it, and nothing else does.
+    r#"
+CREATE TABLE natter_cluster (id TEXT NOT NULL);
+INSERT INTO natter_cluster (id) VALUES (md5(random()::text || clock_timestamp()::text));
+"#,
+];
 
 /// An arbitrary key for the advisory lock that serializes migrations across nodes.
 const MIGRATION_LOCK: i64 = 0x6e61_7474_6572;
@@ -606,6 +614,16 @@ impl PostgresStore {
         let store = PostgresStore { pool };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The id of the cluster this database belongs to.
+    pub async fn cluster_id(&self) -> Result<String, StoreError> {
+        let row = db(self
+            .client()
+            .await?
+            .query_one("SELECT id FROM natter_cluster", &[])
+            .await)?;
+        Ok(row.get(0))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

@@ -9,6 +9,7 @@ mod bad_input;
 mod durability;
 mod liveness;
 mod messaging;
+mod multi_node;
 mod resume;
 mod rooms;
 mod store_contract;

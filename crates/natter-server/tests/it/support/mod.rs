@@ -25,6 +25,11 @@ pub fn sqlite_store() -> (TempDir, std::sync::Arc<dyn natter_core::ports::Store>
     (dir, std::sync::Arc::new(store))
 }
 
+/// The Redis the cluster tests use: `NATTER_TEST_REDIS`, or the local one.
+pub fn redis_url() -> String {
+    std::env::var("NATTER_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// The PostgreSQL server the tests use: `NATTER_TEST_POSTGRES`, or the local one.
 pub fn postgres_admin_url() -> String {
     std::env::var("NATTER_TEST_POSTGRES")
@@ -106,6 +111,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub settings: Settings,
+    /// Set for nodes of a cluster: the shared PostgreSQL database and Redis.
+    cluster: Option<(String, String)>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     dir: Option<TempDir>,
@@ -134,12 +141,46 @@ impl TestServer {
         server
     }
 
+    /// A node of a cluster: PostgreSQL `database`, fan-out through Redis (`NATTER_TEST_REDIS`,
+    /// default the local one).
+    pub async fn node(database: &TestDatabase) -> TestServer {
+        TestServer::node_with(database, |_| {}).await
+    }
+
+    pub async fn node_with(
+        database: &TestDatabase,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestServer {
+        let dir = TempDir::new().expect("temp dir");
+        let mut settings = test_settings();
+        tweak(&mut settings);
+        let cluster = Some((database.url.clone(), redis_url()));
+        let any_port = "127.0.0.1:0".parse().unwrap();
+        let mut server =
+            TestServer::launch(dir.path().to_owned(), settings, any_port, cluster).await;
+        server.dir = Some(dir);
+        server
+    }
+
     /// Starts a server on an existing data directory (to test restarts) at `addr`.
     pub async fn start_in(data_dir: PathBuf, settings: Settings, addr: SocketAddr) -> TestServer {
+        TestServer::launch(data_dir, settings, addr, None).await
+    }
+
+    async fn launch(
+        data_dir: PathBuf,
+        settings: Settings,
+        addr: SocketAddr,
+        cluster: Option<(String, String)>,
+    ) -> TestServer {
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.clone(),
-            database: Database::Sqlite(data_dir.join("natter.db")),
+            database: match &cluster {
+                Some((url, _)) => Database::Postgres(url.clone()),
+                None => Database::Sqlite(data_dir.join("natter.db")),
+            },
+            redis_url: cluster.as_ref().map(|(_, redis)| redis.clone()),
             settings: settings.clone(),
         };
         let server = Server::build(config).await.expect("server builds");
@@ -154,6 +195,7 @@ impl TestServer {
             addr,
             data_dir,
             settings,
+            cluster,
             stop: Some(stop),
             task: Some(task),
             dir: None,
@@ -178,8 +220,13 @@ impl TestServer {
 
     /// Starts a stopped server again on the same data directory and port.
     pub async fn start_again(mut self) -> TestServer {
-        let mut next =
-            TestServer::start_in(self.data_dir.clone(), self.settings.clone(), self.addr).await;
+        let mut next = TestServer::launch(
+            self.data_dir.clone(),
+            self.settings.clone(),
+            self.addr,
+            self.cluster.clone(),
+        )
+        .await;
         next.dir = self.dir.take();
         next
     }
