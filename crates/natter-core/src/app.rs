@@ -2,7 +2,7 @@
 
 use crate::hub::Hub;
 use crate::in_process::InProcessBroker;
-use crate::ports::{Broker, Envelope, Store};
+use crate::ports::{Broker, Envelope, InProcessPresence, PresenceRegistry, Store};
 use crate::presence::PresenceTracker;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -157,6 +157,7 @@ pub struct App {
     pub broker: Arc<dyn Broker>,
     pub hub: Hub,
     pub presence: PresenceTracker,
+    pub presence_registry: Arc<dyn PresenceRegistry>,
     pub limits: Arc<Limits>,
 }
 
@@ -165,14 +166,23 @@ impl App {
     pub fn single_node(store: Arc<dyn Store>, limits: Limits) -> App {
         let hub = Hub::new();
         let broker = Arc::new(InProcessBroker::new(hub.clone()));
-        App::new(store, broker, hub, limits)
+        let registry = Arc::new(InProcessPresence::default());
+        App::new(store, broker, registry, hub, limits)
     }
 
-    /// A node with its own broker (built around `hub`, which it delivers to).
-    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>, hub: Hub, limits: Limits) -> App {
+    /// A node of a cluster: its broker (built around `hub`, which it delivers to) and the shared
+    /// presence registry.
+    pub fn new(
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        presence_registry: Arc<dyn PresenceRegistry>,
+        hub: Hub,
+        limits: Limits,
+    ) -> App {
         App {
             store,
             broker,
+            presence_registry,
             hub,
             presence: PresenceTracker::new(std::time::Duration::from_millis(
                 limits.presence_coalesce_ms,

@@ -7,8 +7,8 @@
 //! cost is therefore one envelope per real change, fanned out to the rooms the user is in; it
 //! never grows with members × connections.
 //!
-//! Single node: this map is the whole truth. Several nodes need a shared tracker behind the
-//! same calls (the scale-out work).
+//! This node's view goes to the `PresenceRegistry`, which combines the views of every node and
+//! says whether the user's status across the cluster changed; only then is a change published.
 
 use crate::App;
 use crate::ports::broker::Envelope;
@@ -67,14 +67,6 @@ impl PresenceTracker {
         self.shared.users.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The user's status now, as this node sees it.
-    pub fn status(&self, user_id: UserId) -> PresenceStatus {
-        self.lock()
-            .get(&user_id)
-            .map(UserState::status)
-            .unwrap_or(PresenceStatus::Offline)
-    }
-
     /// A session of the user opened (active).
     pub fn connected(&self, app: &App, user_id: UserId) {
         self.update(app, user_id, |state| state.active += 1);
@@ -122,7 +114,7 @@ impl PresenceTracker {
     }
 
     async fn publish_if_changed(&self, app: &App, user_id: UserId) {
-        let status = {
+        let local = {
             let mut users = self.lock();
             let Some(state) = users.get_mut(&user_id) else {
                 return;
@@ -138,29 +130,39 @@ impl PresenceTracker {
             }
             status
         };
-        let last_seen = (status == PresenceStatus::Offline).then(crate::now_ms);
-        if let Some(at) = last_seen
-            && let Err(error) = app.store.set_last_seen(user_id, at).await
-        {
-            tracing::warn!(%error, %user_id, "cannot record last seen");
+        match app.presence_registry.set_local(user_id, local).await {
+            Ok(Some(status)) => publish_presence(app, user_id, status).await,
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, %user_id, "presence change not recorded"),
         }
-        let rooms = match app.store.room_ids_of(user_id).await {
-            Ok(rooms) => rooms,
-            Err(error) => {
-                tracing::warn!(%error, %user_id, "presence change not published");
-                return;
-            }
-        };
-        app.publish(Envelope::Presence {
-            presence: PresenceInfo {
-                user_id,
-                status,
-                last_seen,
-            },
-            rooms: rooms.into(),
-        })
-        .await;
     }
+}
+
+/// Tells everyone who shares a room with the user that their status is now `status`; going
+/// offline records the last-seen time.
+pub async fn publish_presence(app: &App, user_id: UserId, status: PresenceStatus) {
+    let last_seen = (status == PresenceStatus::Offline).then(crate::now_ms);
+    if let Some(at) = last_seen
+        && let Err(error) = app.store.set_last_seen(user_id, at).await
+    {
+        tracing::warn!(%error, %user_id, "cannot record last seen");
+    }
+    let rooms = match app.store.room_ids_of(user_id).await {
+        Ok(rooms) => rooms,
+        Err(error) => {
+            tracing::warn!(%error, %user_id, "presence change not published");
+            return;
+        }
+    };
+    app.publish(Envelope::Presence {
+        presence: PresenceInfo {
+            user_id,
+            status,
+            last_seen,
+        },
+        rooms: rooms.into(),
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use natter_core::hub::Hub;
 use natter_core::ports::Store;
 use natter_protocol::CloseCode;
 use redis::RedisBroker;
+use redis::presence::RedisPresence;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,7 +95,14 @@ impl Server {
                 let broker = RedisBroker::start(url, &cluster, hub.clone())
                     .await
                     .map_err(|e| StartError::Broker(e.to_string()))?;
-                App::new(store.clone(), broker, hub, limits)
+                let presence = Arc::new(RedisPresence::new(
+                    broker.client.clone(),
+                    &cluster,
+                    &broker.node,
+                ));
+                let app = App::new(store.clone(), broker, presence.clone(), hub, limits);
+                redis::presence::spawn_upkeep(app.clone(), presence);
+                app
             }
             _ => App::single_node(store.clone(), limits),
         };

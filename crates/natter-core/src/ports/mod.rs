@@ -2,9 +2,11 @@
 //! every implementation must keep it (the store contract tests in `natter-server` check).
 
 pub mod broker;
+pub mod presence;
 pub mod store;
 
 pub use broker::{Broker, Envelope, UserNotice};
+pub use presence::{InProcessPresence, PresenceRegistry};
 pub use store::{
     Change, EventRecord, HistoryPage, Membership, Store, StoreError, TokenId, UserRecord,
 };

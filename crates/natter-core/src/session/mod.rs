@@ -20,7 +20,8 @@ use crate::ports::store::{EventRecord, TokenId, UserRecord};
 use crate::services::{ServiceError, liveness, messages, rooms};
 use natter_protocol::frame::{ClientFrame, Request, ServerFrame};
 use natter_protocol::{
-    ErrorCode, PROTOCOL_VERSION, PresenceInfo, PresenceStatus, RequestId, RoomId, RoomSeq, codec,
+    ErrorCode, PROTOCOL_VERSION, PresenceInfo, PresenceStatus, RequestId, RoomId, RoomSeq, UserId,
+    codec,
 };
 use outbox::{Outbound, Outbox};
 use std::collections::BTreeMap;
@@ -69,6 +70,29 @@ impl RateLimiter {
             Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
         }
     }
+}
+
+/// The presence of everyone who shares a room with the user, for the welcome.
+async fn welcome_presence(app: &App, user_id: UserId) -> Result<Vec<PresenceInfo>, ServiceError> {
+    let contacts = app.store.contacts(user_id).await?;
+    let ids: Vec<UserId> = contacts.iter().map(|(id, _)| *id).collect();
+    let statuses = app
+        .presence_registry
+        .statuses(&ids)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "presence unknown for the welcome");
+            vec![PresenceStatus::Offline; ids.len()]
+        });
+    Ok(contacts
+        .into_iter()
+        .zip(statuses)
+        .map(|((user_id, last_seen), status)| PresenceInfo {
+            user_id,
+            status,
+            last_seen: last_seen.filter(|_| status == PresenceStatus::Offline),
+        })
+        .collect())
 }
 
 /// The request half of a session. Dropping it removes the session from the hub.
@@ -130,22 +154,11 @@ impl Session {
             cursors.push((room.id, cursor));
         }
         let rooms = memberships.into_iter().map(|m| m.room).collect();
-        let presence = match app.store.contacts(user.info.id).await {
-            Ok(contacts) => contacts
-                .into_iter()
-                .map(|(user_id, last_seen)| {
-                    let status = app.presence.status(user_id);
-                    let last_seen = last_seen.filter(|_| status == PresenceStatus::Offline);
-                    PresenceInfo {
-                        user_id,
-                        status,
-                        last_seen,
-                    }
-                })
-                .collect(),
+        let presence = match welcome_presence(&app, user.info.id).await {
+            Ok(presence) => presence,
             Err(error) => {
                 app.hub.unregister(key);
-                return Err(error.into());
+                return Err(error);
             }
         };
         let welcome = ServerFrame::Welcome {

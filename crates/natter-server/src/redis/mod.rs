@@ -12,6 +12,7 @@
 //! for rooms it has no session in: simple and cheap at team scale; per-room channels are the
 //! next step when one Redis channel becomes the limit.
 
+pub mod presence;
 mod wire;
 
 use async_trait::async_trait;
@@ -24,9 +25,9 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 pub struct RedisBroker {
-    client: redis::Client,
+    pub(crate) client: redis::Client,
     channel: String,
-    node: String,
+    pub(crate) node: String,
     hub: Hub,
     publisher: Mutex<Option<redis::aio::MultiplexedConnection>>,
 }

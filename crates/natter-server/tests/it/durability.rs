@@ -1,69 +1,13 @@
 //! Durability: what was acknowledged survives a restart, a SIGTERM and a `kill -9` under load.
 //! These tests run the real `natter` binary as a child process.
 
+use crate::support::process::Process;
 use crate::support::*;
 use natter_client::protocol::frame::{Request, ServerFrame};
 use natter_client::protocol::{Message, RoomId, RoomSeq, Visibility};
 use natter_client::{Client, Options};
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::{Child, Command};
-
-/// A `natter serve` process on a free loopback port.
-struct Process {
-    child: Child,
-    base_url: String,
-}
-
-impl Process {
-    async fn start(data_dir: &Path) -> Process {
-        // Ask the OS for a free port, then hand it to the child.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_natter"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--log",
-                "warn",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn natter");
-        let base_url = format!("http://127.0.0.1:{port}");
-        for _ in 0..200 {
-            if let Ok(response) = reqwest::get(format!("{base_url}/healthz")).await
-                && response.status().is_success()
-            {
-                return Process { child, base_url };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("natter did not become healthy");
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id().expect("running") as i32
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([signal, &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
 
 /// Every message of a room, oldest first, read page by page.
 async fn all_messages(client: &Client, room_id: RoomId) -> Vec<Message> {

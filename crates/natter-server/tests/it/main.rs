@@ -7,6 +7,7 @@ mod accounts;
 mod authorization;
 mod bad_input;
 mod durability;
+mod failures;
 mod liveness;
 mod messaging;
 mod multi_node;

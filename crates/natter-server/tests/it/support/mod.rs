@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod process;
 pub mod raw;
 
 use natter_client::protocol::frame::{Request, ServerFrame};
@@ -151,10 +153,19 @@ impl TestServer {
         database: &TestDatabase,
         tweak: impl FnOnce(&mut Settings),
     ) -> TestServer {
+        TestServer::node_at(&database.url, &redis_url(), tweak).await
+    }
+
+    /// A node on these exact URLs (a proxy in front of PostgreSQL, a Redis of the test's own).
+    pub async fn node_at(
+        database_url: &str,
+        redis: &str,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestServer {
         let dir = TempDir::new().expect("temp dir");
         let mut settings = test_settings();
         tweak(&mut settings);
-        let cluster = Some((database.url.clone(), redis_url()));
+        let cluster = Some((database_url.to_owned(), redis.to_owned()));
         let any_port = "127.0.0.1:0".parse().unwrap();
         let mut server =
             TestServer::launch(dir.path().to_owned(), settings, any_port, cluster).await;
