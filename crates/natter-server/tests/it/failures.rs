@@ -103,11 +103,11 @@ async fn a_node_killed_under_load_loses_no_acknowledged_message_and_its_clients_
         readers.push((client, auth.token, from));
     }
     let mut senders = Vec::new();
-    for i in 0..3 {
-        let auth = natter_client::register(&urls[i], &format!("sender{i}"), "password-s", None)
+    for (i, url) in urls.iter().enumerate() {
+        let auth = natter_client::register(url, &format!("sender{i}"), "password-s", None)
             .await
             .unwrap();
-        let client = Client::connect(impatient(&urls[i], &auth.token))
+        let client = Client::connect(impatient(url, &auth.token))
             .await
             .unwrap();
         join(&client, room.id).await;
