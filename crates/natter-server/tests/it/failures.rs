@@ -107,9 +107,7 @@ async fn a_node_killed_under_load_loses_no_acknowledged_message_and_its_clients_
         let auth = natter_client::register(url, &format!("sender{i}"), "password-s", None)
             .await
             .unwrap();
-        let client = Client::connect(impatient(url, &auth.token))
-            .await
-            .unwrap();
+        let client = Client::connect(impatient(url, &auth.token)).await.unwrap();
         join(&client, room.id).await;
         senders.push((i, client, auth.token));
     }

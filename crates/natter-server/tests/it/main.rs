@@ -13,4 +13,5 @@ mod messaging;
 mod multi_node;
 mod resume;
 mod rooms;
+mod soak;
 mod store_contract;

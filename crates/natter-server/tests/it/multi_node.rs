@@ -1,9 +1,11 @@
 //! Several nodes sharing PostgreSQL and fanning out through Redis: a client on one node talks to a
 //! client on another, with the same order, resume and idempotency guarantees as one node.
 
+use crate::support::process::Process;
 use crate::support::*;
 use natter_client::protocol::frame::{Request, ServerFrame};
-use natter_client::protocol::{RoomEvent, Visibility};
+use natter_client::protocol::{PresenceStatus, RoomEvent, Visibility};
+use std::time::Duration;
 
 #[tokio::test]
 async fn two_clients_on_different_nodes_see_each_others_messages() {
@@ -163,4 +165,91 @@ async fn typing_and_receipts_cross_nodes() {
     })
     .await;
     assert_eq!(read, message.seq);
+}
+
+async fn presence_becomes(
+    client: &mut natter_client::Client,
+    user_id: natter_client::protocol::UserId,
+    status: PresenceStatus,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event_within(left).await {
+            Some(natter_client::ClientEvent::Frame(ServerFrame::Presence { presence }))
+                if presence.user_id == user_id && presence.status == status =>
+            {
+                return;
+            }
+            Some(_) => {}
+            None => panic!("{user_id} did not become {status:?} within {within:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_is_cluster_wide_a_user_online_on_any_node_is_online() {
+    let database = TestDatabase::create().await;
+    let quick = |s: &mut natter_server::config::Settings| s.limits.presence_coalesce_ms = 50;
+    let a = TestServer::node_with(&database, quick).await;
+    let b = TestServer::node_with(&database, quick).await;
+    let (_, mut ana) = a.connected("ana").await;
+    let (bo_auth, mut bo_on_a) = a.connected("bo").await;
+    let room = create_channel(&ana, "together", Visibility::Public).await;
+    join_and_follow(&mut bo_on_a, room.id).await;
+    let bo_on_b = b.client(&bo_auth).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Leaving node A while still on node B is no change at all.
+    bo_on_a.close();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut offline_too_early = false;
+    while let Some(event) = ana.next_event_within(Duration::from_millis(100)).await {
+        if let natter_client::ClientEvent::Frame(ServerFrame::Presence { presence }) = event
+            && presence.user_id == bo_auth.user.id
+            && presence.status == PresenceStatus::Offline
+        {
+            offline_too_early = true;
+        }
+    }
+    assert!(!offline_too_early, "bo is still online on node b");
+    bo_on_b.close();
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline, WAIT).await;
+}
+
+#[tokio::test]
+async fn the_users_of_a_node_that_dies_go_offline() {
+    let database = TestDatabase::create().await;
+    let redis = redis_url();
+    let args = [
+        "--database-url",
+        database.url.as_str(),
+        "--redis-url",
+        redis.as_str(),
+    ];
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut doomed = Process::start_with(dir.path(), &args).await;
+    let a = TestServer::node(&database).await;
+    let (_, mut ana) = a.connected("ana").await;
+    let room = create_channel(&ana, "vigil", Visibility::Public).await;
+    let bo_auth = natter_client::register(&doomed.base_url, "bo", "password-bo", None)
+        .await
+        .unwrap();
+    let mut bo = natter_client::Client::connect(natter_client::Options::new(
+        &doomed.base_url,
+        &bo_auth.token,
+    ))
+    .await
+    .unwrap();
+    join_and_follow(&mut bo, room.id).await;
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online, WAIT).await;
+    doomed.kill().await;
+    // The node's liveness key expires (15 s) and a live node cleans up after it (every 5 s).
+    presence_becomes(
+        &mut ana,
+        bo_auth.user.id,
+        PresenceStatus::Offline,
+        Duration::from_secs(40),
+    )
+    .await;
 }
