@@ -6,6 +6,7 @@ mod support;
 mod accounts;
 mod authorization;
 mod bad_input;
+mod deploy;
 mod durability;
 mod failures;
 mod liveness;
