@@ -1,4 +1,4 @@
-//! The soak: three nodes, 150 clients in 15 rooms, 15,000 messages, then an exact audit that
+//! The soak: three nodes, 200 clients in 20 rooms, 20,000 messages, then an exact audit that
 //! every acknowledged message reached every member of its room exactly once, in the room's order.
 
 use crate::support::*;
@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::Barrier;
 
-const ROOMS: usize = 15;
+const ROOMS: usize = 20;
 const MEMBERS: usize = 10;
 const PER_CLIENT: usize = 100;
 
