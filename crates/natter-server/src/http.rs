@@ -3,7 +3,7 @@
 
 use crate::auth;
 use crate::config::Config;
-use crate::transport::websocket;
+use crate::transport::{self, websocket};
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -25,6 +25,8 @@ pub struct ServerState {
     pub config: Arc<Config>,
     /// An argon2 hash checked when a login names no account, so both cases take as long.
     pub dummy_hash: String,
+    /// Request budgets for the HTTP transports, per token.
+    pub rpc_limits: Arc<crate::transport::http::RpcLimits>,
 }
 
 /// An HTTP error: a stable code (the same codes as the WebSocket protocol) and a message.
@@ -116,6 +118,13 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/v1/login", post(auth::login))
         .route("/api/v1/logout", post(auth::logout))
         .route(WS_PATH, get(websocket::upgrade))
+        .route(
+            "/api/v1/rpc",
+            post(transport::http::rpc)
+                .layer(DefaultBodyLimit::max(state.app.limits.max_frame_bytes)),
+        )
+        .route("/api/v1/sse", get(transport::http::sse))
+        .route("/api/v1/poll", get(transport::http::poll))
         .fallback(crate::web_assets::serve)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

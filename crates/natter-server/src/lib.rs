@@ -114,6 +114,7 @@ impl Server {
                 app,
                 config: Arc::new(config),
                 dummy_hash,
+                rpc_limits: Default::default(),
             },
             store,
         })

@@ -41,7 +41,7 @@ pub(crate) fn encode_event(record: &EventRecord) -> Arc<str> {
 }
 
 /// A token bucket: `rate` requests per second, bursts up to `burst`.
-struct RateLimiter {
+pub struct RateLimiter {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -49,7 +49,7 @@ struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn new(rate: f64, burst: f64) -> RateLimiter {
+    pub fn new(rate: f64, burst: f64) -> RateLimiter {
         RateLimiter {
             rate,
             burst,
@@ -58,8 +58,13 @@ impl RateLimiter {
         }
     }
 
+    /// How long since the bucket was last used.
+    pub fn idle(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.last)
+    }
+
     /// Takes one token, or says in how many milliseconds one will be there.
-    fn take(&mut self, now: Instant) -> Result<(), u64> {
+    pub fn take(&mut self, now: Instant) -> Result<(), u64> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -70,6 +75,16 @@ impl RateLimiter {
             Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
         }
     }
+}
+
+/// How a session begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Greeting {
+    /// With a `welcome` answering this `hello`: the room list snapshot, then events.
+    Welcome(RequestId),
+    /// Without one (a long-poll continuing from its cursors): rooms the client's cursors do not
+    /// name arrive as `room_added`, rooms it names that are gone as `room_removed`.
+    Quiet,
 }
 
 /// The presence of everyone who shares a room with the user, for the welcome.
@@ -115,7 +130,7 @@ impl Session {
         app: App,
         user: UserRecord,
         token: TokenId,
-        hello_id: RequestId,
+        greeting: Greeting,
         resume: BTreeMap<RoomId, RoomSeq>,
     ) -> Result<(Session, SessionStream), ServiceError> {
         let outbox = Arc::new(Outbox::new(app.limits.outbox_capacity));
@@ -153,16 +168,44 @@ impl Session {
             }
             cursors.push((room.id, cursor));
         }
-        let rooms = memberships.into_iter().map(|m| m.room).collect();
-        let presence = match welcome_presence(&app, user.info.id).await {
-            Ok(presence) => presence,
-            Err(error) => {
-                app.hub.unregister(key);
-                return Err(error);
+        if greeting == Greeting::Quiet {
+            // No room list goes out: announce the rooms the client does not know, and the ones
+            // it knows that are gone, as the live stream would have.
+            for membership in &memberships {
+                if !resume.contains_key(&membership.room.id) {
+                    let cursor = RoomSeq(membership.joined_seq.0.saturating_sub(1));
+                    let mut room = membership.room.clone();
+                    room.last_seq = cursor;
+                    welcome_and_gaps.push(ServerFrame::RoomAdded { room });
+                    if let Some(entry) =
+                        cursors.iter_mut().find(|(id, _)| *id == membership.room.id)
+                    {
+                        entry.1 = cursor;
+                    }
+                }
             }
+            for room_id in resume.keys() {
+                if !memberships.iter().any(|m| m.room.id == *room_id) {
+                    welcome_and_gaps.push(ServerFrame::RoomRemoved { room_id: *room_id });
+                }
+            }
+        }
+        let rooms = memberships.into_iter().map(|m| m.room).collect();
+        let presence = match greeting {
+            Greeting::Welcome(_) => match welcome_presence(&app, user.info.id).await {
+                Ok(presence) => presence,
+                Err(error) => {
+                    app.hub.unregister(key);
+                    return Err(error);
+                }
+            },
+            Greeting::Quiet => Vec::new(),
         };
         let welcome = ServerFrame::Welcome {
-            id: hello_id,
+            id: match greeting {
+                Greeting::Welcome(id) => id,
+                Greeting::Quiet => RequestId(0),
+            },
             protocol: PROTOCOL_VERSION,
             user: user.info.clone(),
             is_admin: user.is_admin,
@@ -170,7 +213,9 @@ impl Session {
             presence,
             limits: app.limits.wire(),
         };
-        welcome_and_gaps.insert(0, welcome);
+        if let Greeting::Welcome(_) = greeting {
+            welcome_and_gaps.insert(0, welcome);
+        }
         let first = welcome_and_gaps
             .iter()
             .map(|frame| Arc::from(codec::encode(frame)))
@@ -223,148 +268,166 @@ impl Session {
                 retry_after_ms: Some(retry_after_ms),
             };
         }
-        match self.dispatch(id, frame.request).await {
-            Ok(reply) => reply,
-            Err(error) => ServerFrame::error(Some(id), error.code, error.message),
-        }
+        answer(
+            &self.app,
+            &self.user,
+            id,
+            frame.request,
+            Some(&mut self.away),
+        )
+        .await
     }
+}
 
-    async fn dispatch(
-        &mut self,
-        id: RequestId,
-        request: Request,
-    ) -> Result<ServerFrame, ServiceError> {
-        let app = &self.app;
-        let user = &self.user;
-        let done = |seq: RoomSeq| ServerFrame::Done { id, seq: Some(seq) };
-        Ok(match request {
-            Request::Hello { .. } => {
-                return Err(ServiceError::new(
-                    ErrorCode::AlreadyAuthenticated,
-                    "this connection is authenticated already",
-                ));
-            }
-            Request::Ping => ServerFrame::Pong { id },
-            Request::Send {
-                room_id,
-                client_msg_id,
-                body,
-            } => {
-                let (message, duplicate) =
-                    messages::send(app, user, room_id, client_msg_id, body).await?;
-                ServerFrame::Sent {
-                    id,
-                    message,
-                    duplicate,
-                }
-            }
-            Request::Edit {
-                room_id,
-                message_id,
-                body,
-            } => done(messages::edit(app, user, room_id, message_id, body).await?),
-            Request::Delete {
-                room_id,
-                message_id,
-            } => done(messages::delete(app, user, room_id, message_id).await?),
-            Request::History {
-                room_id,
-                before,
-                after,
-                limit,
-            } => {
-                let (messages, has_more) =
-                    messages::history(app, user, room_id, before, after, limit).await?;
-                ServerFrame::History {
-                    id,
-                    room_id,
-                    messages,
-                    has_more,
-                }
-            }
-            Request::ListRooms => ServerFrame::Rooms {
-                id,
-                rooms: app
-                    .store
-                    .rooms_of(user.info.id)
-                    .await?
-                    .into_iter()
-                    .map(|m| m.room)
-                    .collect(),
-            },
-            Request::PublicRooms => ServerFrame::Rooms {
-                id,
-                rooms: app.store.public_rooms(user.info.id).await?,
-            },
-            Request::CreateRoom {
-                name,
-                visibility,
-                topic,
-            } => ServerFrame::Room {
-                id,
-                room: rooms::create_channel(app, user, &name, visibility, &topic).await?,
-            },
-            Request::OpenDm { usernames } => ServerFrame::Room {
-                id,
-                room: rooms::open_dm(app, user, &usernames).await?,
-            },
-            Request::Join { room_id } => ServerFrame::Room {
-                id,
-                room: rooms::join(app, user, room_id).await?,
-            },
-            Request::Leave { room_id } => done(rooms::leave(app, user, room_id).await?),
-            Request::Invite { room_id, username } => {
-                done(rooms::invite(app, user, room_id, &username).await?)
-            }
-            Request::Kick { room_id, user_id } => {
-                done(rooms::kick(app, user, room_id, user_id).await?)
-            }
-            Request::SetRole {
-                room_id,
-                user_id,
-                role,
-            } => done(rooms::set_role(app, user, room_id, user_id, role).await?),
-            Request::UpdateRoom {
-                room_id,
-                name,
-                topic,
-            } => done(
-                rooms::update_room(app, user, room_id, name.as_deref(), topic.as_deref()).await?,
-            ),
-            Request::Members { room_id } => ServerFrame::Members {
-                id,
-                room_id,
-                members: rooms::members(app, user, room_id).await?,
-            },
-            Request::Typing { room_id } => {
-                liveness::typing(app, user, room_id).await?;
-                ServerFrame::Done { id, seq: None }
-            }
-            Request::MarkRead { room_id, seq } => {
-                done(liveness::advance_receipt(app, user, room_id, Some(seq), Some(seq)).await?)
-            }
-            Request::MarkDelivered { room_id, seq } => {
-                liveness::advance_receipt(app, user, room_id, Some(seq), None).await?;
-                ServerFrame::Done { id, seq: None }
-            }
-            Request::SetPresence { status } => {
-                let away = match status {
-                    PresenceStatus::Online => false,
-                    PresenceStatus::Away => true,
-                    PresenceStatus::Offline => {
-                        return Err(ServiceError::invalid(
-                            "`status` must be `online` or `away`; close the connection to go offline",
-                        ));
-                    }
-                };
-                if away != self.away {
-                    self.away = away;
-                    app.presence.session_away(app, user.info.id, away);
-                }
-                ServerFrame::Done { id, seq: None }
-            }
-        })
+/// Answers one request of `user`: the dispatch every transport shares. `away` is the
+/// connection's own presence state when the request came over a connection; a plain HTTP request
+/// (`POST /api/v1/rpc`) has none, and `set_presence` then changes nothing.
+pub async fn answer(
+    app: &App,
+    user: &UserRecord,
+    id: RequestId,
+    request: Request,
+    away: Option<&mut bool>,
+) -> ServerFrame {
+    match dispatch(app, user, id, request, away).await {
+        Ok(reply) => reply,
+        Err(error) => ServerFrame::error(Some(id), error.code, error.message),
     }
+}
+
+async fn dispatch(
+    app: &App,
+    user: &UserRecord,
+    id: RequestId,
+    request: Request,
+    away_state: Option<&mut bool>,
+) -> Result<ServerFrame, ServiceError> {
+    let done = |seq: RoomSeq| ServerFrame::Done { id, seq: Some(seq) };
+    Ok(match request {
+        Request::Hello { .. } => {
+            return Err(ServiceError::new(
+                ErrorCode::AlreadyAuthenticated,
+                "this connection is authenticated already",
+            ));
+        }
+        Request::Ping => ServerFrame::Pong { id },
+        Request::Send {
+            room_id,
+            client_msg_id,
+            body,
+        } => {
+            let (message, duplicate) =
+                messages::send(app, user, room_id, client_msg_id, body).await?;
+            ServerFrame::Sent {
+                id,
+                message,
+                duplicate,
+            }
+        }
+        Request::Edit {
+            room_id,
+            message_id,
+            body,
+        } => done(messages::edit(app, user, room_id, message_id, body).await?),
+        Request::Delete {
+            room_id,
+            message_id,
+        } => done(messages::delete(app, user, room_id, message_id).await?),
+        Request::History {
+            room_id,
+            before,
+            after,
+            limit,
+        } => {
+            let (messages, has_more) =
+                messages::history(app, user, room_id, before, after, limit).await?;
+            ServerFrame::History {
+                id,
+                room_id,
+                messages,
+                has_more,
+            }
+        }
+        Request::ListRooms => ServerFrame::Rooms {
+            id,
+            rooms: app
+                .store
+                .rooms_of(user.info.id)
+                .await?
+                .into_iter()
+                .map(|m| m.room)
+                .collect(),
+        },
+        Request::PublicRooms => ServerFrame::Rooms {
+            id,
+            rooms: app.store.public_rooms(user.info.id).await?,
+        },
+        Request::CreateRoom {
+            name,
+            visibility,
+            topic,
+        } => ServerFrame::Room {
+            id,
+            room: rooms::create_channel(app, user, &name, visibility, &topic).await?,
+        },
+        Request::OpenDm { usernames } => ServerFrame::Room {
+            id,
+            room: rooms::open_dm(app, user, &usernames).await?,
+        },
+        Request::Join { room_id } => ServerFrame::Room {
+            id,
+            room: rooms::join(app, user, room_id).await?,
+        },
+        Request::Leave { room_id } => done(rooms::leave(app, user, room_id).await?),
+        Request::Invite { room_id, username } => {
+            done(rooms::invite(app, user, room_id, &username).await?)
+        }
+        Request::Kick { room_id, user_id } => done(rooms::kick(app, user, room_id, user_id).await?),
+        Request::SetRole {
+            room_id,
+            user_id,
+            role,
+        } => done(rooms::set_role(app, user, room_id, user_id, role).await?),
+        Request::UpdateRoom {
+            room_id,
+            name,
+            topic,
+        } => done(rooms::update_room(app, user, room_id, name.as_deref(), topic.as_deref()).await?),
+        Request::Members { room_id } => ServerFrame::Members {
+            id,
+            room_id,
+            members: rooms::members(app, user, room_id).await?,
+        },
+        Request::Typing { room_id } => {
+            liveness::typing(app, user, room_id).await?;
+            ServerFrame::Done { id, seq: None }
+        }
+        Request::MarkRead { room_id, seq } => {
+            done(liveness::advance_receipt(app, user, room_id, Some(seq), Some(seq)).await?)
+        }
+        Request::MarkDelivered { room_id, seq } => {
+            liveness::advance_receipt(app, user, room_id, Some(seq), None).await?;
+            ServerFrame::Done { id, seq: None }
+        }
+        Request::SetPresence { status } => {
+            let away = match status {
+                PresenceStatus::Online => false,
+                PresenceStatus::Away => true,
+                PresenceStatus::Offline => {
+                    return Err(ServiceError::invalid(
+                        "`status` must be `online` or `away`; close the connection to go offline",
+                    ));
+                }
+            };
+            if let Some(current) = away_state
+                && *current != away
+            {
+                *current = away;
+                app.presence.session_away(app, user.info.id, away);
+            }
+            ServerFrame::Done { id, seq: None }
+        }
+    })
 }
 
 impl Drop for Session {

@@ -9,16 +9,16 @@
 //! so the cookie counts only when the `Origin` is the server's own or in `allowed_origins`. A
 //! token in `hello` needs no such check: another site's page cannot know it.
 
+use super::origin_allowed;
 use crate::auth;
 use crate::http::ServerState;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
-use axum::http::header::{HOST, ORIGIN};
 use axum::response::Response;
 use futures_util::SinkExt;
 use futures_util::stream::{SplitSink, StreamExt};
-use natter_core::session::{Session, SessionStream};
+use natter_core::session::{Greeting, Session, SessionStream};
 use natter_protocol::frame::{Request, ServerFrame};
 use natter_protocol::{CloseCode, ErrorCode, codec};
 use std::time::Duration;
@@ -51,29 +51,6 @@ pub async fn upgrade(
         .read_buffer_size(IO_BUFFER_BYTES)
         .write_buffer_size(IO_BUFFER_BYTES)
         .on_upgrade(move |socket| serve(socket, state, cookie_token))
-}
-
-/// True when a browser page at the request's `Origin` may use the session cookie: no `Origin`
-/// (not a browser), the server's own origin, or one listed in `allowed_origins`.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let origin = origin.trim_end_matches('/');
-    if allowed
-        .iter()
-        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-    match (origin.split_once("://"), host) {
-        (Some((_, origin_host)), Some(host)) => origin_host.eq_ignore_ascii_case(host),
-        _ => false,
-    }
 }
 
 fn text(frame: &ServerFrame) -> Message {
@@ -178,7 +155,15 @@ async fn await_hello(
             }
         };
         let user_id = user.info.id;
-        match Session::start(state.app.clone(), user, token_id, frame.id, resume).await {
+        match Session::start(
+            state.app.clone(),
+            user,
+            token_id,
+            Greeting::Welcome(frame.id),
+            resume,
+        )
+        .await
+        {
             Ok((session, stream)) => {
                 // A logout between the token check and the session's registration in the hub
                 // would miss this session: check once more now that it is registered.
@@ -303,41 +288,5 @@ async fn write_frames(
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(HOST, host.parse().unwrap());
-        if let Some(origin) = origin {
-            headers.insert(ORIGIN, origin.parse().unwrap());
-        }
-        headers
-    }
-
-    #[test]
-    fn the_cookie_counts_only_from_the_same_or_an_allowed_origin() {
-        let allowed = vec!["https://app.example.com".to_owned()];
-        assert!(origin_allowed(&headers(None, "chat:8080"), &allowed));
-        assert!(origin_allowed(
-            &headers(Some("http://chat:8080"), "chat:8080"),
-            &allowed
-        ));
-        assert!(origin_allowed(
-            &headers(Some("https://app.example.com"), "chat:8080"),
-            &allowed
-        ));
-        assert!(!origin_allowed(
-            &headers(Some("https://evil.example"), "chat:8080"),
-            &allowed
-        ));
-        assert!(!origin_allowed(
-            &headers(Some("http://chat:8081"), "chat:8080"),
-            &allowed
-        ));
     }
 }

@@ -16,3 +16,4 @@ mod resume;
 mod rooms;
 mod soak;
 mod store_contract;
+mod transports;
