@@ -81,11 +81,11 @@ export async function launchBrowser() {
 }
 
 /** A new browser context (its own cookies) on the app, registered as `username`. */
-export async function registeredPage(browser, natter, username, viewport = { width: 1280, height: 800 }) {
+export async function registeredPage(browser, natter, username, viewport = { width: 1280, height: 800 }, url = natter.url) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.on("pageerror", (error) => console.error(`[${username}] page error:`, error));
-  await page.goto(natter.url);
+  await page.goto(url);
   await page.getByRole("tab", { name: "Create account" }).click();
   await page.getByLabel("Username").fill(username);
   await page.getByLabel("Display name").fill(username[0].toUpperCase() + username.slice(1));
@@ -169,5 +169,58 @@ export class ScriptUser {
     }
     socket.close();
     return out;
+  }
+}
+
+/** nginx in front of natter, configured by `proxyLines` (what the location block says). */
+export class Nginx {
+  static async start(natter, proxyLines) {
+    const dir = mkdtempSync(join(tmpdir(), "natter-nginx-"));
+    const port = await freePort();
+    const config = `
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log;
+events {}
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://127.0.0.1:${natter.port};
+      ${proxyLines}
+    }
+  }
+}`;
+    const path = join(dir, "nginx.conf");
+    (await import("node:fs")).writeFileSync(path, config);
+    const nginx = new Nginx(dir, `http://127.0.0.1:${port}`);
+    nginx.child = spawn(process.env.NGINX ?? "/usr/sbin/nginx", ["-c", path, "-p", dir], { stdio: ["ignore", "ignore", "inherit"] });
+    for (let i = 0; i < 100; i++) {
+      try {
+        if ((await fetch(`${nginx.url}/healthz`)).ok) return nginx;
+      } catch {
+        // not up yet
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error("nginx did not start");
+  }
+
+  constructor(dir, url) {
+    this.dir = dir;
+    this.url = url;
+  }
+
+  async stop() {
+    const child = this.child;
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM"); // the master stops its workers
+      await exited;
+    }
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }

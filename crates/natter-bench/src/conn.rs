@@ -72,7 +72,8 @@ pub async fn request(
 ) -> Result<String, Error> {
     sink.send(Message::Text(format!(r#"{{"id":{id},{body}}}"#).into()))
         .await?;
-    let marker = format!(r#""id":{id},"#);
+    // Replies start `{"type":"…","id":N,`; pushed frames never have an `id` right after the type.
+    let marker = format!(r#"","id":{id},"#);
     while let Some(message) = stream.next().await {
         if let Message::Text(text) = message?
             && text.contains(&marker)

@@ -164,6 +164,8 @@ export function start(): void {
   client = next;
   next.on("state", (state) => {
     connection.value = state;
+    // Which transport carries the session (websocket, sse, long-poll): for support and tests.
+    document.body.dataset.transport = next.transport;
     // A new connection starts active.
     if (state === "online") away = false;
   });

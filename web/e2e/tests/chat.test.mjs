@@ -58,7 +58,8 @@ describe("the web app", () => {
     await messageLog(ana).getByText("Lunch after the release?").waitFor();
     await send(ana, "Sure, 12:30 downstairs");
     await rooms.getByRole("button", { name: /Ana/ }).getByLabel("1 unread").waitFor();
-    assert.match(await bo.title(), /^\(1\) natter$/, "the tab title counts unread messages");
+    // The tab title counts unread messages.
+    await bo.waitForFunction(() => document.title === "(1) natter");
 
     // The screenshot in the README: Bo's view of the conversation.
     mkdirSync(resolve(SCREENSHOT, ".."), { recursive: true });

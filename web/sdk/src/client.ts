@@ -14,6 +14,7 @@ import { Emitter } from "./emitter.ts";
 import { ClosedError, DisconnectedError, ServerError, TimeoutError } from "./errors.ts";
 import { Outbox, type OutboxStorage, type PendingMessage } from "./outbox.ts";
 import { TypingTracker } from "./typing.ts";
+import { LongPollSocket, SseSocket, httpBase, type TransportKind } from "./transports.ts";
 import {
   decodeServerFrame,
   isFinalClose,
@@ -59,7 +60,18 @@ export interface ClientOptions {
   requestTimeoutMs?: number;
   /** Tell the server which events this client has received (delivery receipts). Default on. */
   acknowledgeDelivery?: boolean;
+  /** `auto` (default) tries WebSocket, then Server-Sent Events, then long-polling, and goes back
+   *  to WebSocket later; or force one. */
+  transport?: "auto" | TransportKind;
+  /** Socket factories per transport (tests); `socketFactory` overrides the WebSocket one. */
+  transports?: Partial<Record<TransportKind, SocketFactory>>;
+  /** How long a new connection may take to deliver its welcome before the next transport is tried. */
+  welcomeTimeoutMs?: number;
+  /** How long to stay on a fallback transport before trying WebSocket again. */
+  upgradeAfterMs?: number;
 }
+
+const AUTO_ORDER: TransportKind[] = ["websocket", "sse", "long-poll"];
 
 type Welcome = Extract<ServerFrame, { type: "welcome" }>;
 type EventFrame = Extract<ServerFrame, { type: "event" }>;
@@ -126,6 +138,10 @@ export class NatterClient extends Emitter<ClientEvents> {
   private readonly readSent = new Map<RoomId, RoomSeq>();
   private readonly deliveredPending = new Map<RoomId, RoomSeq>();
   private deliveryTimer: ReturnType<typeof setTimeout> | null = null;
+  private transportIndex = 0;
+  private welcomed = false;
+  private welcomeTimer: ReturnType<typeof setTimeout> | null = null;
+  private upgradeTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly options: ClientOptions) {
     super();
@@ -143,6 +159,25 @@ export class NatterClient extends Emitter<ClientEvents> {
 
   get state(): ConnectionState {
     return this.currentState;
+  }
+
+  /** The transport in use (or being tried). */
+  get transport(): TransportKind {
+    const forced = this.options.transport;
+    return forced && forced !== "auto" ? forced : AUTO_ORDER[this.transportIndex];
+  }
+
+  private socketFor(kind: TransportKind): SocketLike {
+    const injected = this.options.transports?.[kind];
+    if (injected) return injected(this.options.url);
+    switch (kind) {
+      case "websocket":
+        return (this.options.socketFactory ?? ((url: string) => new WebSocket(url) as unknown as SocketLike))(this.options.url);
+      case "sse":
+        return new SseSocket(httpBase(this.options.url));
+      case "long-poll":
+        return new LongPollSocket(httpBase(this.options.url));
+    }
   }
 
   /** The latest welcome: who we are, the limits, the room snapshot. */
@@ -286,15 +321,20 @@ export class NatterClient extends Emitter<ClientEvents> {
 
   private open(state: ConnectionState): void {
     this.setState(state);
-    const factory = this.options.socketFactory ?? ((url: string) => new WebSocket(url) as unknown as SocketLike);
+    this.welcomed = false;
     let socket: SocketLike;
     try {
-      socket = factory(this.options.url);
+      socket = this.socketFor(this.transport);
     } catch {
       this.connectionLost(undefined);
       return;
     }
     this.socket = socket;
+    // A transport that cannot deliver a welcome in time (an upgrade a proxy swallows, a stream
+    // it buffers) counts as failed, and the next one is tried.
+    this.welcomeTimer = setTimeout(() => {
+      if (this.socket === socket && !this.welcomed) this.abandon(socket);
+    }, this.options.welcomeTimeoutMs ?? 5_000);
     socket.onopen = () => {
       this.lastHeard = Date.now();
       this.helloId = this.nextId++;
@@ -347,6 +387,9 @@ export class NatterClient extends Emitter<ClientEvents> {
       this.cursors.set(room.id, resumed && cursor !== undefined ? Math.min(cursor, room.last_seq) : room.last_seq);
     }
     for (const room of frame.rooms) this.readSent.set(room.id, room.read_seq);
+    this.welcomed = true;
+    if (this.welcomeTimer) clearTimeout(this.welcomeTimer);
+    this.scheduleUpgrade();
     this.everConnected = true;
     this.welcomeFrame = frame;
     this.backoff.reset();
@@ -412,11 +455,39 @@ export class NatterClient extends Emitter<ClientEvents> {
     }
   }
 
+  /** On a fallback transport, try WebSocket again after a while (the network may have changed). */
+  private scheduleUpgrade(): void {
+    if (this.options.transport && this.options.transport !== "auto") return;
+    if (this.transportIndex === 0) return;
+    this.upgradeTimer = setTimeout(() => {
+      const socket = this.socket;
+      if (!socket || this.currentState !== "online") return;
+      this.transportIndex = 0;
+      this.abandon(socket, true);
+    }, this.options.upgradeAfterMs ?? 120_000);
+  }
+
+  /** Gives up on a connection now (it may take long to report its own end). */
+  private abandon(socket: SocketLike, keepTransport = false): void {
+    const index = this.transportIndex;
+    this.connectionLost(undefined);
+    if (keepTransport) this.transportIndex = index;
+    try {
+      socket.close(4000, "abandoned");
+    } catch {
+      // Already gone.
+    }
+  }
+
   private connectionLost(code: number | undefined): void {
     const socket = this.socket;
     this.socket = null;
     if (socket) detach(socket);
     this.clearTimers();
+    // Auto: a transport that never got to a welcome gives way to the next one.
+    if (!this.welcomed && (!this.options.transport || this.options.transport === "auto")) {
+      this.transportIndex = (this.transportIndex + 1) % AUTO_ORDER.length;
+    }
     this.typingTracker.clear();
     const final = this.stopped || (code !== undefined && isFinalClose(code));
     this.failAll(final ? new ClosedError(code) : new DisconnectedError());
@@ -455,9 +526,7 @@ export class NatterClient extends Emitter<ClientEvents> {
     this.heartbeatTimer = setInterval(() => {
       if (Date.now() - this.lastHeard > timeoutMs) {
         // A dead TCP connection may take minutes to report its close: give up on it now.
-        const socket = this.socket;
-        this.connectionLost(undefined);
-        socket?.close(4000, "heartbeat timeout");
+        if (this.socket) this.abandon(this.socket, true);
         return;
       }
       try {
@@ -471,8 +540,12 @@ export class NatterClient extends Emitter<ClientEvents> {
   private clearTimers(): void {
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    if (this.welcomeTimer) clearTimeout(this.welcomeTimer);
+    if (this.upgradeTimer) clearTimeout(this.upgradeTimer);
     this.reconnectTimer = null;
     this.heartbeatTimer = null;
+    this.welcomeTimer = null;
+    this.upgradeTimer = null;
   }
 
   private setState(state: ConnectionState): void {

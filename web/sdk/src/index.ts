@@ -11,6 +11,7 @@ export type { ClientEvents, ClientOptions, ConnectionState, SocketFactory, Socke
 export { ClosedError, DisconnectedError, ServerError, TimeoutError } from "./errors.ts";
 export { Outbox, newClientMsgId } from "./outbox.ts";
 export { TypingTracker, typingLabel } from "./typing.ts";
+export { LongPollSocket, SseSocket, httpBase, type TransportKind } from "./transports.ts";
 export type { OutboxStorage, PendingMessage, PendingStatus } from "./outbox.ts";
 export * from "./protocol.ts";
 export { login, logout, register, type AuthReply } from "./http.ts";

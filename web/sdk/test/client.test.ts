@@ -86,6 +86,7 @@ describe("NatterClient", () => {
       backoffMinMs: 100,
       backoffMaxMs: 1000,
       random: () => 0.5,
+      transport: "websocket",
     });
   });
 
@@ -331,6 +332,73 @@ describe("NatterClient", () => {
       client.markRead(1, 10);
       expect(socket().ofType("mark_read")).toHaveLength(1);
       expect(receipts).toEqual([12]);
+    });
+  });
+
+  describe("transports", () => {
+    function factories() {
+      const made: Record<string, FakeSocket[]> = { websocket: [], sse: [], "long-poll": [] };
+      const factory = (kind: string) => () => {
+        const s = new FakeSocket();
+        made[kind].push(s);
+        return s;
+      };
+      return {
+        made,
+        transports: { websocket: factory("websocket"), sse: factory("sse"), "long-poll": factory("long-poll") },
+      };
+    }
+
+    it("falls back from WebSocket to SSE to long-polling when a transport never gets to a welcome", () => {
+      const { made, transports } = factories();
+      const auto = new NatterClient({ url: "ws://test/api/v1/ws", token: "t", transports, backoffMinMs: 100, random: () => 0.5 });
+      auto.connect();
+      expect(auto.transport).toBe("websocket");
+      made.websocket[0].drop(1006); // the proxy refused the upgrade
+      vi.advanceTimersByTime(75);
+      expect(auto.transport).toBe("sse");
+      made.sse[0].open();
+      // The stream never delivers anything (a buffering proxy): after the welcome timeout, next.
+      vi.advanceTimersByTime(5000);
+      vi.advanceTimersByTime(150);
+      expect(auto.transport).toBe("long-poll");
+      const poll = made["long-poll"][0];
+      poll.open();
+      welcome(poll, [room(1, 5)]);
+      expect(auto.state).toBe("online");
+      auto.close();
+    });
+
+    it("goes back to WebSocket after a while on a fallback, and resumes", () => {
+      const { made, transports } = factories();
+      const auto = new NatterClient({ url: "ws://test/api/v1/ws", token: "t", transports, backoffMinMs: 100, random: () => 0.5, upgradeAfterMs: 60_000 });
+      auto.connect();
+      made.websocket[0].drop(1006);
+      vi.advanceTimersByTime(75);
+      made.sse[0].open();
+      welcome(made.sse[0], [room(1, 5)]);
+      made.sse[0].push(event(1, 6));
+      for (let t = 0; t < 60; t++) {
+        made.sse[0].push({ type: "heartbeat" });
+        vi.advanceTimersByTime(1000);
+      }
+      vi.advanceTimersByTime(200);
+      expect(auto.transport).toBe("websocket");
+      const ws = made.websocket[1];
+      ws.open();
+      expect(ws.last()).toMatchObject({ type: "hello", resume: { "1": 6 } });
+      auto.close();
+    });
+
+    it("stays on the transport it was told to use", () => {
+      const { made, transports } = factories();
+      const forced = new NatterClient({ url: "ws://test/api/v1/ws", token: "t", transports, transport: "long-poll", backoffMinMs: 100, random: () => 0.5 });
+      forced.connect();
+      made["long-poll"][0].drop(1006);
+      vi.advanceTimersByTime(75);
+      expect(made["long-poll"]).toHaveLength(2);
+      expect(made.websocket).toHaveLength(0);
+      forced.close();
     });
   });
 });

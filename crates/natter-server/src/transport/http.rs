@@ -340,8 +340,9 @@ pub async fn sse(
 /// # `GET /api/v1/poll`
 /// - Answers `{"cursor":"…","frames":[…]}` as soon as there are frames, or with no frames after
 ///   `timeout` seconds (default 25). Send `cursor` back with the next poll.
-/// - The first poll (no `cursor`) starts with `welcome`; later ones announce rooms joined or left
-///   in between as `room_added` / `room_removed`.
+/// - The first poll (no `cursor`) starts with `welcome`, after which the events since `resume`
+///   follow when it is given (as for `hello`); later polls announce rooms joined or left in between
+///   as `room_added` / `room_removed`.
 /// - A session the server ended answers with a `close` member: `{"code":…}`.
 pub async fn poll(
     State(state): State<ServerState>,
@@ -352,10 +353,16 @@ pub async fn poll(
         Ok(found) => found,
         Err(error) => return error.into_response(),
     };
-    let (greeting, cursors) = match query.cursor.as_deref().map(Cursors::parse) {
-        Some(Ok(cursors)) => (Greeting::Quiet, cursors),
-        Some(Err(error)) => return error.into_response(),
-        None => (Greeting::Welcome(RequestId(0)), Cursors::default()),
+    let parsed = match (query.cursor.as_deref(), query.resume.as_deref()) {
+        (Some(cursor), _) => Cursors::parse(cursor).map(|c| (Greeting::Quiet, c)),
+        (None, Some(resume)) => {
+            Cursors::parse(resume).map(|c| (Greeting::Welcome(RequestId(0)), c))
+        }
+        (None, None) => Ok((Greeting::Welcome(RequestId(0)), Cursors::default())),
+    };
+    let (greeting, cursors) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return error.into_response(),
     };
     let wait = Duration::from_secs(query.timeout.unwrap_or(25).clamp(1, 60));
     let (_session, mut stream) = match start_session(&state, user, token, greeting, &cursors).await
