@@ -160,7 +160,10 @@ function notify(message: Message, room: RoomInfo | undefined): void {
 /** Connects with the session cookie; shows the login form if there is none. */
 export function start(): void {
   client?.close();
-  const next = new NatterClient({ url: websocketUrl(), outboxStorage });
+  // `?transport=sse` (or long-poll, websocket) forces a transport; by default the SDK chooses.
+  const forced = new URLSearchParams(location.search).get("transport");
+  const transport = forced === "websocket" || forced === "sse" || forced === "long-poll" ? forced : "auto";
+  const next = new NatterClient({ url: websocketUrl(), outboxStorage, transport });
   client = next;
   next.on("state", (state) => {
     connection.value = state;

@@ -59,4 +59,14 @@ describe("without WebSocket", () => {
     await ana.context().close();
     await bo.context().close();
   });
+
+  it("can be told to long-poll, and still chats", async () => {
+    const ana = await registeredPage(browser, natter, "cy", undefined, `${nginx.url}/?transport=long-poll`);
+    await ana.waitForFunction(() => document.body.dataset.transport === "long-poll");
+    await createChannel(ana, "polling");
+    await send(ana, "over long-polling");
+    await messageLog(ana).getByText("over long-polling").waitFor();
+    await messageLog(ana).locator(".pending").first().waitFor({ state: "detached" });
+    await ana.context().close();
+  });
 });

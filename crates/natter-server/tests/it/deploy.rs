@@ -86,6 +86,38 @@ async fn the_sample_nginx_config_serves_a_chat_across_two_nodes() {
     }
     let bodies = collect_messages(&mut bo_client, room.id, 10, from).await;
     assert_eq!(bodies, (0..10).map(|n| format!("m{n}")).collect::<Vec<_>>());
+
+    // The HTTP transports through the same round robin: a stream and its requests land on
+    // different nodes, and the chat does not notice.
+    let cy = natter_client::register(&base, "cy", "password-cy", None)
+        .await
+        .unwrap();
+    let mut wire = crate::transports::Wire::open(
+        crate::transports::Kind::Sse,
+        &base,
+        &cy.token,
+        &Default::default(),
+    )
+    .await;
+    let cursor = crate::transports::joined(&mut wire, room.id).await;
+    for n in 0..6 {
+        let reply = wire
+            .request(natter_client::protocol::frame::Request::Send {
+                room_id: room.id,
+                client_msg_id: natter_client::protocol::ClientMsgId(format!("cy{n}")),
+                body: format!("cy{n}"),
+            })
+            .await;
+        assert!(
+            matches!(
+                reply,
+                natter_client::protocol::frame::ServerFrame::Sent { .. }
+            ),
+            "{reply:?}"
+        );
+    }
+    let (seen, _) = crate::transports::messages_in_order(&mut wire, room.id, cursor, 6).await;
+    assert_eq!(seen, (0..6).map(|n| format!("cy{n}")).collect::<Vec<_>>());
     // SIGTERM: nginx's master stops its workers too (SIGKILL would orphan them).
     if let Some(pid) = proxy.id() {
         let _ = std::process::Command::new("kill")

@@ -11,14 +11,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
-enum Kind {
+pub(crate) enum Kind {
     WebSocket,
     Sse,
     Poll,
 }
 
 /// A client speaking the protocol over one transport, frame by frame.
-struct Wire {
+pub(crate) struct Wire {
     kind: Kind,
     base: String,
     token: String,
@@ -41,7 +41,12 @@ fn cursor_text(cursors: &BTreeMap<RoomId, RoomSeq>) -> String {
 
 impl Wire {
     /// Connects and returns once the welcome (or, resuming a poll, the first answer) is in.
-    async fn open(kind: Kind, base: &str, token: &str, resume: &BTreeMap<RoomId, RoomSeq>) -> Wire {
+    pub(crate) async fn open(
+        kind: Kind,
+        base: &str,
+        token: &str,
+        resume: &BTreeMap<RoomId, RoomSeq>,
+    ) -> Wire {
         let mut wire = Wire {
             kind,
             base: base.to_owned(),
@@ -102,7 +107,7 @@ impl Wire {
         }
     }
 
-    async fn request(&mut self, request: Request) -> ServerFrame {
+    pub(crate) async fn request(&mut self, request: Request) -> ServerFrame {
         self.next_id += 1;
         let frame = ClientFrame {
             id: RequestId(self.next_id),
@@ -196,7 +201,7 @@ impl Wire {
 }
 
 /// Bo joins over the transport; returns the sequence after which the room's events follow.
-async fn joined(wire: &mut Wire, room: RoomId) -> RoomSeq {
+pub(crate) async fn joined(wire: &mut Wire, room: RoomId) -> RoomSeq {
     let reply = wire.request(Request::Join { room_id: room }).await;
     let ServerFrame::Room { room: info, .. } = reply else {
         panic!("{reply:?}")
@@ -214,7 +219,7 @@ async fn joined(wire: &mut Wire, room: RoomId) -> RoomSeq {
     }
 }
 
-async fn messages_in_order(
+pub(crate) async fn messages_in_order(
     wire: &mut Wire,
     room: RoomId,
     mut cursor: RoomSeq,
