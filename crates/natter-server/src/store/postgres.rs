@@ -8,6 +8,7 @@
 //!
 //! Migrations run at start under an advisory lock, so nodes starting together apply them once.
 
+use super::{EVENT_SELECT, MESSAGE_SELECT, kind_str, parse_kind, parse_role, role_str};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -122,40 +123,6 @@ fn seq(value: i64) -> RoomSeq {
     RoomSeq(value.max(0) as u64)
 }
 
-fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Member => "member",
-        Role::Admin => "admin",
-        Role::Owner => "owner",
-    }
-}
-
-fn parse_role(text: &str) -> Role {
-    match text {
-        "owner" => Role::Owner,
-        "admin" => Role::Admin,
-        _ => Role::Member,
-    }
-}
-
-fn kind_str(kind: RoomKind) -> &'static str {
-    match kind {
-        RoomKind::Public => "public",
-        RoomKind::Private => "private",
-        RoomKind::Dm => "dm",
-        RoomKind::Group => "group",
-    }
-}
-
-fn parse_kind(text: &str) -> RoomKind {
-    match text {
-        "public" => RoomKind::Public,
-        "private" => RoomKind::Private,
-        "dm" => RoomKind::Dm,
-        _ => RoomKind::Group,
-    }
-}
-
 fn user_record(row: &Row) -> UserRecord {
     UserRecord {
         info: UserInfo {
@@ -166,11 +133,6 @@ fn user_record(row: &Row) -> UserRecord {
         is_admin: row.get(3),
     }
 }
-
-const MESSAGE_SELECT: &str =
-    "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, u.display_name,
-        m.client_msg_id, m.body, m.created_at, m.edited_at, m.deleted
-    FROM messages m JOIN users u ON u.id = m.author_id";
 
 fn message_row(row: &Row) -> Message {
     let deleted: bool = row.get(10);
@@ -190,13 +152,6 @@ fn message_row(row: &Row) -> Message {
         deleted,
     }
 }
-
-const EVENT_SELECT: &str =
-    "SELECT e.seq, e.at, e.actor_id, e.kind, e.message_id, e.subject_id, e.role,
-        su.username, su.display_name, r.name, r.topic
-    FROM room_events e
-    JOIN rooms r ON r.id = e.room_id
-    LEFT JOIN users su ON su.id = e.subject_id";
 
 /// Rebuilds one event from its row; message events read the message as it is now.
 async fn event_row(

@@ -10,6 +10,7 @@
 //! proceed while the writer commits, each seeing a consistent snapshot.
 
 use super::schema::MIGRATIONS;
+use super::{EVENT_SELECT, MESSAGE_SELECT, kind_str, parse_kind, parse_role, role_str};
 use async_trait::async_trait;
 use natter_core::ports::store::{
     Appended, Change, EventRecord, HistoryPage, Membership, Store, StoreError, TokenId, UserRecord,
@@ -224,40 +225,6 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
 
 // --- row mapping ---
 
-fn role_str(role: Role) -> &'static str {
-    match role {
-        Role::Member => "member",
-        Role::Admin => "admin",
-        Role::Owner => "owner",
-    }
-}
-
-fn parse_role(text: &str) -> Role {
-    match text {
-        "owner" => Role::Owner,
-        "admin" => Role::Admin,
-        _ => Role::Member,
-    }
-}
-
-fn kind_str(kind: RoomKind) -> &'static str {
-    match kind {
-        RoomKind::Public => "public",
-        RoomKind::Private => "private",
-        RoomKind::Dm => "dm",
-        RoomKind::Group => "group",
-    }
-}
-
-fn parse_kind(text: &str) -> RoomKind {
-    match text {
-        "public" => RoomKind::Public,
-        "private" => RoomKind::Private,
-        "dm" => RoomKind::Dm,
-        _ => RoomKind::Group,
-    }
-}
-
 fn is_unique_violation(error: &rusqlite::Error) -> bool {
     matches!(
         error,
@@ -280,11 +247,6 @@ fn user_record(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
     })
 }
 
-const MESSAGE_SELECT: &str =
-    "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, u.display_name,
-        m.client_msg_id, m.body, m.created_at, m.edited_at, m.deleted
-    FROM messages m JOIN users u ON u.id = m.author_id";
-
 fn message_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     let deleted: bool = row.get(10)?;
     Ok(Message {
@@ -303,13 +265,6 @@ fn message_row(row: &Row<'_>) -> rusqlite::Result<Message> {
         deleted,
     })
 }
-
-const EVENT_SELECT: &str =
-    "SELECT e.seq, e.at, e.actor_id, e.kind, e.message_id, e.subject_id, e.role,
-        su.username, su.display_name, r.name, r.topic
-    FROM room_events e
-    JOIN rooms r ON r.id = e.room_id
-    LEFT JOIN users su ON su.id = e.subject_id";
 
 /// Rebuilds one event from its row; message events read the message as it is now.
 fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Result<EventRecord> {

@@ -3,43 +3,10 @@
 
 use crate::support::process::Process;
 use crate::support::*;
-use natter_client::protocol::frame::{Request, ServerFrame};
-use natter_client::protocol::{Message, RoomId, RoomSeq, Visibility};
+use natter_client::protocol::{Message, Visibility};
 use natter_client::{Client, Options};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// Every message of a room, oldest first, read page by page.
-async fn all_messages(client: &Client, room_id: RoomId) -> Vec<Message> {
-    let mut messages = Vec::new();
-    let mut after = RoomSeq::ZERO;
-    loop {
-        let reply = client
-            .request(Request::History {
-                room_id,
-                before: None,
-                after: Some(after),
-                limit: Some(200),
-            })
-            .await
-            .unwrap();
-        let ServerFrame::History {
-            messages: page,
-            has_more,
-            ..
-        } = reply
-        else {
-            panic!("{reply:?}")
-        };
-        if let Some(last) = page.last() {
-            after = last.seq;
-        }
-        messages.extend(page);
-        if !has_more {
-            return messages;
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_restart_keeps_history_and_sequences_continue() {

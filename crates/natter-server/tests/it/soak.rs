@@ -2,9 +2,7 @@
 //! every acknowledged message reached every member of its room exactly once, in the room's order.
 
 use crate::support::*;
-use natter_client::Client;
-use natter_client::protocol::frame::{Request, ServerFrame};
-use natter_client::protocol::{Message, RoomId, RoomSeq, Visibility};
+use natter_client::protocol::Visibility;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::Barrier;
@@ -12,32 +10,6 @@ use tokio::sync::Barrier;
 const ROOMS: usize = 20;
 const MEMBERS: usize = 10;
 const PER_CLIENT: usize = 100;
-
-async fn history(client: &Client, room_id: RoomId) -> Vec<Message> {
-    let mut all = Vec::new();
-    let mut after = RoomSeq::ZERO;
-    loop {
-        let request = Request::History {
-            room_id,
-            before: None,
-            after: Some(after),
-            limit: Some(200),
-        };
-        let ServerFrame::History {
-            messages, has_more, ..
-        } = client.request(request).await.unwrap()
-        else {
-            panic!("history")
-        };
-        if let Some(last) = messages.last() {
-            after = last.seq;
-        }
-        all.extend(messages);
-        if !has_more {
-            return all;
-        }
-    }
-}
 
 #[tokio::test]
 async fn soak_every_acknowledged_message_reaches_every_member_once_in_order() {
@@ -88,7 +60,7 @@ async fn soak_every_acknowledged_message_reaches_every_member_once_in_order() {
     }
     let mut total = 0;
     for room in rooms {
-        let stored: Vec<String> = history(&owner, room)
+        let stored: Vec<String> = all_messages(&owner, room)
             .await
             .into_iter()
             .map(|m| m.body)

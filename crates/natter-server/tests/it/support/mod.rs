@@ -331,6 +331,41 @@ pub async fn newest_messages(
     }
 }
 
+/// Every message of a room, oldest first, read page by page.
+pub async fn all_messages(
+    client: &Client,
+    room_id: RoomId,
+) -> Vec<natter_client::protocol::Message> {
+    let mut messages = Vec::new();
+    let mut after = RoomSeq::ZERO;
+    loop {
+        let reply = client
+            .request(Request::History {
+                room_id,
+                before: None,
+                after: Some(after),
+                limit: Some(200),
+            })
+            .await
+            .unwrap();
+        let ServerFrame::History {
+            messages: page,
+            has_more,
+            ..
+        } = reply
+        else {
+            panic!("{reply:?}")
+        };
+        if let Some(last) = page.last() {
+            after = last.seq;
+        }
+        messages.extend(page);
+        if !has_more {
+            return messages;
+        }
+    }
+}
+
 /// Waits for the next pushed frame that satisfies `pick`, skipping others.
 pub async fn wait_for<T>(
     client: &mut Client,
