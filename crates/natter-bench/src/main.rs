@@ -5,8 +5,12 @@
 //!
 //! - `presence`: many users in rooms, some of them disconnecting and coming back; counts the
 //!   presence frames that reach the others and the server CPU time per change.
+//! - `idle`: many connections held; the server's memory per connection.
+//! - `fanout`: rooms of many members and a fixed send rate; deliveries per second, latency
+//!   percentiles, server CPU per delivery, and messages lost.
 
 mod conn;
+mod fanout;
 mod presence;
 mod server;
 
@@ -23,6 +27,10 @@ struct Cli {
 enum Scenario {
     /// Users churning in and out of rooms: what presence costs.
     Presence(presence::Args),
+    /// Connections held idle: memory per connection.
+    Idle(fanout::IdleArgs),
+    /// Messages fanned out to room members: throughput, latency, CPU, loss.
+    Fanout(fanout::FanoutArgs),
 }
 
 #[tokio::main]
@@ -30,6 +38,8 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Presence(args) => presence::run(args).await,
+        Scenario::Idle(args) => fanout::idle(args).await,
+        Scenario::Fanout(args) => fanout::fanout(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
