@@ -67,6 +67,16 @@ impl PresenceTracker {
         self.shared.users.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every user with a session on this node and their status here (for re-asserting this
+    /// node's view where it was lost).
+    pub fn snapshot(&self) -> Vec<(UserId, PresenceStatus)> {
+        self.lock()
+            .iter()
+            .map(|(user, state)| (*user, state.status()))
+            .filter(|(_, status)| *status != PresenceStatus::Offline)
+            .collect()
+    }
+
     /// A session of the user opened (active).
     pub fn connected(&self, app: &App, user_id: UserId) {
         self.update(app, user_id, |state| state.active += 1);

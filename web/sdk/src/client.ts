@@ -69,6 +69,9 @@ export interface ClientOptions {
   welcomeTimeoutMs?: number;
   /** How long to stay on a fallback transport before trying WebSocket again. */
   upgradeAfterMs?: number;
+  /** Whether the server answers plain HTTP (default: `GET /healthz`). A transport that failed is
+   *  given up for the next one only then: a server that is down is no reason to switch. */
+  probe?: () => Promise<boolean>;
 }
 
 const AUTO_ORDER: TransportKind[] = ["websocket", "sse", "long-poll"];
@@ -142,6 +145,9 @@ export class NatterClient extends Emitter<ClientEvents> {
   private welcomed = false;
   private welcomeTimer: ReturnType<typeof setTimeout> | null = null;
   private upgradeTimer: ReturnType<typeof setTimeout> | null = null;
+  private stableTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The last attempt failed before its welcome: check the server before trying another transport. */
+  private transportSuspect = false;
 
   constructor(private readonly options: ClientOptions) {
     super();
@@ -212,7 +218,8 @@ export class NatterClient extends Emitter<ClientEvents> {
 
   /** Skips the backoff wait: reconnect now (the network came back, the tab became visible). */
   reconnectNow(): void {
-    if (this.stopped || this.currentState !== "reconnecting") return;
+    // Only between attempts: an attempt under way keeps its socket.
+    if (this.stopped || this.currentState !== "reconnecting" || this.socket) return;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     this.open("reconnecting");
@@ -322,6 +329,17 @@ export class NatterClient extends Emitter<ClientEvents> {
   private open(state: ConnectionState): void {
     this.setState(state);
     this.welcomed = false;
+    if (this.socket) {
+      // Never two sockets: drop whatever is left of the previous attempt.
+      const previous = this.socket;
+      this.socket = null;
+      detach(previous);
+      try {
+        previous.close(1000, "replaced");
+      } catch {
+        // Already gone.
+      }
+    }
     let socket: SocketLike;
     try {
       socket = this.socketFor(this.transport);
@@ -388,11 +406,14 @@ export class NatterClient extends Emitter<ClientEvents> {
     }
     for (const room of frame.rooms) this.readSent.set(room.id, room.read_seq);
     this.welcomed = true;
+    this.transportSuspect = false;
     if (this.welcomeTimer) clearTimeout(this.welcomeTimer);
     this.scheduleUpgrade();
     this.everConnected = true;
     this.welcomeFrame = frame;
-    this.backoff.reset();
+    // The backoff starts over only once the connection has proved stable: a server that
+    // welcomes and drops at once must not be hammered.
+    this.stableTimer = setTimeout(() => this.backoff.reset(), 10_000);
     this.startHeartbeat(frame.limits.heartbeat_interval_ms, frame.limits.heartbeat_timeout_ms);
     this.setState("online");
     this.emit("welcome", { ...frame, resumed });
@@ -469,9 +490,8 @@ export class NatterClient extends Emitter<ClientEvents> {
 
   /** Gives up on a connection now (it may take long to report its own end). */
   private abandon(socket: SocketLike, keepTransport = false): void {
-    const index = this.transportIndex;
     this.connectionLost(undefined);
-    if (keepTransport) this.transportIndex = index;
+    if (keepTransport) this.transportSuspect = false;
     try {
       socket.close(4000, "abandoned");
     } catch {
@@ -484,9 +504,9 @@ export class NatterClient extends Emitter<ClientEvents> {
     this.socket = null;
     if (socket) detach(socket);
     this.clearTimers();
-    // Auto: a transport that never got to a welcome gives way to the next one.
+    // Auto: a transport that never got to a welcome may be blocked; the next attempt checks.
     if (!this.welcomed && (!this.options.transport || this.options.transport === "auto")) {
-      this.transportIndex = (this.transportIndex + 1) % AUTO_ORDER.length;
+      this.transportSuspect = true;
     }
     this.typingTracker.clear();
     const final = this.stopped || (code !== undefined && isFinalClose(code));
@@ -502,8 +522,20 @@ export class NatterClient extends Emitter<ClientEvents> {
     this.setState("reconnecting");
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
-      this.open("reconnecting");
+      void this.attempt();
     }, this.backoff.next());
+  }
+
+  /** The next attempt: on the next transport if the last one failed while the server was up. */
+  private async attempt(): Promise<void> {
+    if (this.transportSuspect) {
+      this.transportSuspect = false;
+      const probe = this.options.probe ?? (() => fetch(`${httpBase(this.options.url)}/healthz`).then((r) => r.ok, () => false));
+      const serverUp = await probe().catch(() => false);
+      if (this.stopped || this.socket) return;
+      if (serverUp) this.transportIndex = (this.transportIndex + 1) % AUTO_ORDER.length;
+    }
+    this.open("reconnecting");
   }
 
   private failAll(error: Error): void {
@@ -542,6 +574,8 @@ export class NatterClient extends Emitter<ClientEvents> {
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.welcomeTimer) clearTimeout(this.welcomeTimer);
     if (this.upgradeTimer) clearTimeout(this.upgradeTimer);
+    if (this.stableTimer) clearTimeout(this.stableTimer);
+    this.stableTimer = null;
     this.reconnectTimer = null;
     this.heartbeatTimer = null;
     this.welcomeTimer = null;

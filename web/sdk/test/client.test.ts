@@ -129,7 +129,11 @@ describe("NatterClient", () => {
     expect(socket().last()).toMatchObject({ type: "hello", resume: { "1": 7, "2": 9 } });
     welcome(socket(), [room(1, 8), room(2, 9)]);
     expect(client.state).toBe("online");
-    // Back online, the backoff starts again from the minimum.
+    // Once the connection has held for ten seconds, the backoff starts again from the minimum.
+    for (let t = 0; t < 10; t++) {
+      socket().push({ type: "heartbeat" });
+      vi.advanceTimersByTime(1000);
+    }
     socket().drop();
     vi.advanceTimersByTime(75);
     expect(sockets).toHaveLength(4);
@@ -349,18 +353,18 @@ describe("NatterClient", () => {
       };
     }
 
-    it("falls back from WebSocket to SSE to long-polling when a transport never gets to a welcome", () => {
+    it("falls back from WebSocket to SSE to long-polling when a transport never gets to a welcome", async () => {
       const { made, transports } = factories();
-      const auto = new NatterClient({ url: "ws://test/api/v1/ws", token: "t", transports, backoffMinMs: 100, random: () => 0.5 });
+      const auto = new NatterClient({ url: "ws://test/api/v1/ws", token: "t", transports, backoffMinMs: 100, random: () => 0.5, probe: async () => true });
       auto.connect();
       expect(auto.transport).toBe("websocket");
       made.websocket[0].drop(1006); // the proxy refused the upgrade
-      vi.advanceTimersByTime(75);
+      await vi.advanceTimersByTimeAsync(75);
       expect(auto.transport).toBe("sse");
       made.sse[0].open();
       // The stream never delivers anything (a buffering proxy): after the welcome timeout, next.
-      vi.advanceTimersByTime(5000);
-      vi.advanceTimersByTime(150);
+      await vi.advanceTimersByTimeAsync(5000);
+      await vi.advanceTimersByTimeAsync(150);
       expect(auto.transport).toBe("long-poll");
       const poll = made["long-poll"][0];
       poll.open();
@@ -369,12 +373,23 @@ describe("NatterClient", () => {
       auto.close();
     });
 
-    it("goes back to WebSocket after a while on a fallback, and resumes", () => {
+    it("stays on WebSocket when the server itself is down", async () => {
       const { made, transports } = factories();
-      const auto = new NatterClient({ url: "ws://test/api/v1/ws", token: "t", transports, backoffMinMs: 100, random: () => 0.5, upgradeAfterMs: 60_000 });
+      const auto = new NatterClient({ url: "ws://test/api/v1/ws", token: "t", transports, backoffMinMs: 100, random: () => 0.5, probe: async () => false });
       auto.connect();
       made.websocket[0].drop(1006);
-      vi.advanceTimersByTime(75);
+      await vi.advanceTimersByTimeAsync(75);
+      expect(auto.transport).toBe("websocket");
+      expect(made.websocket).toHaveLength(2);
+      auto.close();
+    });
+
+    it("goes back to WebSocket after a while on a fallback, and resumes", async () => {
+      const { made, transports } = factories();
+      const auto = new NatterClient({ url: "ws://test/api/v1/ws", token: "t", transports, backoffMinMs: 100, random: () => 0.5, upgradeAfterMs: 60_000, probe: async () => true });
+      auto.connect();
+      made.websocket[0].drop(1006);
+      await vi.advanceTimersByTimeAsync(75);
       made.sse[0].open();
       welcome(made.sse[0], [room(1, 5)]);
       made.sse[0].push(event(1, 6));
@@ -382,7 +397,7 @@ describe("NatterClient", () => {
         made.sse[0].push({ type: "heartbeat" });
         vi.advanceTimersByTime(1000);
       }
-      vi.advanceTimersByTime(200);
+      await vi.advanceTimersByTimeAsync(200);
       expect(auto.transport).toBe("websocket");
       const ws = made.websocket[1];
       ws.open();
@@ -390,12 +405,12 @@ describe("NatterClient", () => {
       auto.close();
     });
 
-    it("stays on the transport it was told to use", () => {
+    it("stays on the transport it was told to use", async () => {
       const { made, transports } = factories();
       const forced = new NatterClient({ url: "ws://test/api/v1/ws", token: "t", transports, transport: "long-poll", backoffMinMs: 100, random: () => 0.5 });
       forced.connect();
       made["long-poll"][0].drop(1006);
-      vi.advanceTimersByTime(75);
+      await vi.advanceTimersByTimeAsync(75);
       expect(made["long-poll"]).toHaveLength(2);
       expect(made.websocket).toHaveLength(0);
       forced.close();

@@ -149,14 +149,18 @@ impl Session {
         let gap_limit = app.limits.resume_gap_limit as u64;
         for membership in &memberships {
             let room = &membership.room;
-            // A client cannot be ahead of the store (a claimed cursor past the end means "up to
-            // date"), nor see what happened before its current membership began.
+            // A client cannot be ahead of the store: a claimed cursor past the end means "up to
+            // date". A cursor from before the current membership means the user left (or was
+            // removed) and came back while away: they get what they missed up to their leaving,
+            // then the room starts again at the join (`room_removed`, `room_added`), and the
+            // time they were not a member stays unseen.
             let joined = RoomSeq(membership.joined_seq.0.saturating_sub(1));
             let mut cursor = resume
                 .get(&room.id)
                 .copied()
                 .unwrap_or(room.last_seq)
-                .clamp(joined.min(room.last_seq), room.last_seq);
+                .min(room.last_seq);
+            let rejoin = (cursor < joined).then_some(membership.joined_seq);
             if room.last_seq.0 - cursor.0 > gap_limit {
                 let skip_to = RoomSeq(room.last_seq.0 - gap_limit);
                 welcome_and_gaps.push(ServerFrame::Gap {
@@ -166,7 +170,7 @@ impl Session {
                 });
                 cursor = skip_to;
             }
-            cursors.push((room.id, cursor));
+            cursors.push((room.id, cursor, rejoin));
         }
         if greeting == Greeting::Quiet {
             // No room list goes out: announce the rooms the client does not know, and the ones
@@ -177,8 +181,9 @@ impl Session {
                     let mut room = membership.room.clone();
                     room.last_seq = cursor;
                     welcome_and_gaps.push(ServerFrame::RoomAdded { room });
-                    if let Some(entry) =
-                        cursors.iter_mut().find(|(id, _)| *id == membership.room.id)
+                    if let Some(entry) = cursors
+                        .iter_mut()
+                        .find(|(id, ..)| *id == membership.room.id)
                     {
                         entry.1 = cursor;
                     }

@@ -123,12 +123,16 @@ impl SessionStream {
         user_id: UserId,
         outbox: Arc<Outbox>,
         first: Vec<Arc<str>>,
-        cursors: Vec<(RoomId, RoomSeq)>,
+        cursors: Vec<(RoomId, RoomSeq, Option<RoomSeq>)>,
     ) -> SessionStream {
-        let catch_up = cursors.iter().map(|(room_id, _)| *room_id).collect();
+        let catch_up = cursors.iter().map(|(room_id, ..)| *room_id).collect();
         let rooms = cursors
             .into_iter()
-            .map(|(room_id, seq)| (room_id, RoomCursor::new(seq)))
+            .map(|(room_id, seq, rejoin)| {
+                let mut cursor = RoomCursor::new(seq);
+                cursor.rejoin = rejoin;
+                (room_id, cursor)
+            })
             .collect();
         SessionStream {
             app,

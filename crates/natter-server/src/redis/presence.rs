@@ -140,19 +140,52 @@ impl RedisPresence {
         }
     }
 
-    /// Marks this node alive and known; called every `NODE_REFRESH`.
-    async fn refresh_node(&self) -> Result<(), PresenceError> {
+    /// Marks this node alive and known; called every `NODE_REFRESH`. Returns false when the node
+    /// was not known as alive (first refresh, Redis restarted, or another node reaped it): its
+    /// view must then be written again.
+    async fn refresh_node(&self) -> Result<bool, PresenceError> {
         let mut connection = self.connection().await?;
         let p = &self.prefix;
-        let result: Result<(), _> = redis::pipe()
+        let result: Result<(bool, (), ()), _> = redis::pipe()
+            .exists(format!("{p}node:{}", self.node))
             .set_ex(format!("{p}node:{}", self.node), 1, NODE_TTL_SECS)
             .sadd(format!("{p}nodes"), &self.node)
             .query_async(&mut connection)
             .await;
-        if result.is_err() {
-            self.forget_connection().await;
+        match result {
+            Ok((known, (), ())) => Ok(known),
+            Err(error) => {
+                self.forget_connection().await;
+                Err(unavailable(error))
+            }
         }
-        result.map_err(unavailable)
+    }
+
+    /// Writes this node's whole view again: `local` as it is now, and offline for the users Redis
+    /// still has from this node but the node no longer does. Returns the changes to publish.
+    async fn reassert(
+        &self,
+        local: &[(UserId, PresenceStatus)],
+    ) -> Result<Vec<(UserId, PresenceStatus)>, PresenceError> {
+        let mut connection = self.connection().await?;
+        let recorded: Vec<i64> = redis::cmd("SMEMBERS")
+            .arg(format!("{}node-users:{}", self.prefix, self.node))
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let node = self.node.clone();
+        let gone = recorded
+            .into_iter()
+            .map(UserId)
+            .filter(|user| !local.iter().any(|(u, _)| u == user))
+            .map(|user| (user, PresenceStatus::Offline));
+        let mut changed = Vec::new();
+        for (user, status) in gone.chain(local.iter().copied()) {
+            if let Some(now) = self.set_for(&node, user, status).await? {
+                changed.push((user, now));
+            }
+        }
+        Ok(changed)
     }
 
     /// Cleans up after nodes whose liveness key expired; returns the users whose status changed.
@@ -237,21 +270,49 @@ impl PresenceRegistry for RedisPresence {
     }
 }
 
-/// Keeps this node alive in the registry and cleans up after dead ones, publishing the users
-/// who went offline with them.
+/// How often a node writes its whole view again even when nothing seemed lost (a write that
+/// failed during a Redis blip is repaired by then).
+const REASSERT_EVERY: u32 = 12;
+
+/// Keeps this node alive in the registry, writes its view again when it was lost, and (on a
+/// task of its own, so a long cleanup never starves the refresh) cleans up after dead nodes.
 pub fn spawn_upkeep(app: App, presence: std::sync::Arc<RedisPresence>) {
+    let (refresher, reaper) = (presence.clone(), presence);
+    let reaper_app = app.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(NODE_REFRESH);
+        let mut count: u32 = 0;
+        loop {
+            ticks.tick().await;
+            count = count.wrapping_add(1);
+            let known = match refresher.refresh_node().await {
+                Ok(known) => known,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot refresh this node's presence");
+                    continue;
+                }
+            };
+            if known && !count.is_multiple_of(REASSERT_EVERY) {
+                continue;
+            }
+            match refresher.reassert(&app.presence.snapshot()).await {
+                Ok(changed) => {
+                    for (user_id, status) in changed {
+                        natter_core::presence::publish_presence(&app, user_id, status).await;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot write this node's presence"),
+            }
+        }
+    });
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(NODE_REFRESH);
         loop {
             ticks.tick().await;
-            if let Err(error) = presence.refresh_node().await {
-                tracing::warn!(%error, "cannot refresh this node's presence");
-                continue;
-            }
-            match presence.reap().await {
+            match reaper.reap().await {
                 Ok(changed) => {
                     for (user_id, status) in changed {
-                        natter_core::presence::publish_presence(&app, user_id, status).await;
+                        natter_core::presence::publish_presence(&reaper_app, user_id, status).await;
                     }
                 }
                 Err(error) => tracing::warn!(%error, "cannot clean up after dead nodes"),

@@ -38,6 +38,32 @@ enum Wire {
         presence: PresenceInfo,
         rooms: Vec<RoomId>,
     },
+    /// A node's ping to itself (is its subscription alive?).
+    Ping,
+    /// A node's publishes failed: every node's sessions should catch up from the store.
+    Resync,
+}
+
+/// What a packet carries.
+pub enum Decoded {
+    Envelope(Envelope),
+    Ping,
+    Resync,
+}
+
+fn control(node: &str, wire: Wire) -> String {
+    natter_protocol::encode(&Packet {
+        node: node.to_owned(),
+        wire,
+    })
+}
+
+pub fn ping(node: &str) -> String {
+    control(node, Wire::Ping)
+}
+
+pub fn resync(node: &str) -> String {
+    control(node, Wire::Resync)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,10 +133,12 @@ pub fn encode(node: &str, envelope: &Envelope) -> String {
     })
 }
 
-/// The publishing node and the envelope.
-pub fn decode(payload: &str) -> Result<(String, Envelope), String> {
+/// The publishing node and what it sent.
+pub fn decode(payload: &str) -> Result<(String, Decoded), String> {
     let packet: Packet = serde_json::from_str(payload).map_err(|e| e.to_string())?;
     let envelope = match packet.wire {
+        Wire::Ping => return Ok((packet.node, Decoded::Ping)),
+        Wire::Resync => return Ok((packet.node, Decoded::Resync)),
         Wire::Room {
             frame:
                 ServerFrame::Event {
@@ -159,5 +187,5 @@ pub fn decode(payload: &str) -> Result<(String, Envelope), String> {
             rooms: rooms.into(),
         },
     };
-    Ok((packet.node, envelope))
+    Ok((packet.node, Decoded::Envelope(envelope)))
 }

@@ -111,12 +111,29 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
+/// A conflict that a second attempt resolves: a unique key another transaction took first (a
+/// retried send racing its first attempt), a serialization failure, a deadlock.
+const RETRY: StoreError = StoreError::Conflict("changed concurrently; try again");
+
 fn is_unique_violation(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
 fn db<T>(result: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
-    result.map_err(unavailable)
+    result.map_err(|error| match error.code() {
+        Some(code)
+            if *code == SqlState::UNIQUE_VIOLATION
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            RETRY
+        }
+        // tokio-postgres' Display says only "db error": the server's message is in the details.
+        _ => match error.as_db_error() {
+            Some(db_error) => StoreError::Unavailable(format!("{error}: {db_error}")),
+            None => StoreError::Unavailable(error.to_string()),
+        },
+    })
 }
 
 fn seq(value: i64) -> RoomSeq {
@@ -294,6 +311,16 @@ async fn role_of(
     .map(|row| parse_role(row.get(0))))
 }
 
+async fn lock_room(client: &impl GenericClient, room_id: RoomId) -> Result<(), StoreError> {
+    let found = db(client
+        .query_opt(
+            "SELECT id FROM rooms WHERE id = $1 FOR UPDATE",
+            &[&room_id.0],
+        )
+        .await)?;
+    found.map(|_| ()).ok_or(StoreError::NotFound("room"))
+}
+
 async fn require_room(client: &impl GenericClient, room_id: RoomId) -> Result<(), StoreError> {
     let found = db(client
         .query_opt("SELECT id FROM rooms WHERE id = $1", &[&room_id.0])
@@ -428,6 +455,10 @@ async fn apply_change(
         subject,
         role,
     };
+    // Every change to a room starts by locking the room's row: the checks below (membership, a
+    // live message) then see every change committed before, on any node, and no other change to
+    // the room can slip in between a check and the write.
+    lock_room(client, room_id).await?;
     match change {
         Change::Send {
             client_msg_id,
@@ -554,7 +585,11 @@ async fn apply_change(
 impl PostgresStore {
     /// Connects (the URL as libpq takes it) and runs pending migrations.
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(unavailable)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(unavailable)?;
+        // A database that stops answering must turn into `unavailable`, not hung requests.
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        config.keepalives(true);
+        config.keepalives_idle(std::time::Duration::from_secs(30));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -562,8 +597,13 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        let timeout = Some(std::time::Duration::from_secs(5));
         let pool = Pool::builder(manager)
             .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(timeout)
+            .create_timeout(timeout)
+            .recycle_timeout(timeout)
             .build()
             .map_err(unavailable)?;
         let store = PostgresStore { pool };
@@ -831,16 +871,14 @@ impl Store for PostgresStore {
         change: Change,
         now: i64,
     ) -> Result<Appended, StoreError> {
-        // A retry racing its first attempt on another connection hits the unique key; the
-        // second try then finds the first message.
+        // A send retried into another room at the same moment, a deadlock, a serialization
+        // failure: a second attempt sees the winner's commit.
         for _ in 0..2 {
             let result = self
                 .write(async |tx| apply_change(tx, room_id, actor, change.clone(), now).await)
                 .await;
             match result {
-                Err(StoreError::Unavailable(detail)) if detail.contains("duplicate key") => {
-                    continue;
-                }
+                Err(error) if error == RETRY => continue,
                 other => return other,
             }
         }
