@@ -158,7 +158,9 @@ impl SessionStream {
             self.outbox.try_take(&mut self.items)?;
             self.apply_items(out).await?;
             if let Some(room_id) = self.catch_up.pop_front() {
-                self.catch_up_room(room_id, out).await?;
+                // The rare, large futures are boxed: an idle session waiting in `take` then holds
+                // only what waiting needs (thousands of idle connections add up).
+                Box::pin(self.catch_up_room(room_id, out)).await?;
             }
             if !out.is_empty() {
                 return Ok(());
@@ -223,8 +225,8 @@ impl SessionStream {
                     self.apply_event(room_id, seq, Held { frame, leaves }, out)
                         .await?;
                 }
-                Outbound::Notice(notice) => self.apply_notice(notice, out).await?,
-                Outbound::Resync => self.resync(out).await?,
+                Outbound::Notice(notice) => Box::pin(self.apply_notice(notice, out)).await?,
+                Outbound::Resync => Box::pin(self.resync(out)).await?,
             }
         }
         self.items = items;
@@ -344,7 +346,7 @@ impl SessionStream {
             room_id,
         })));
         match rejoin {
-            Some(from_seq) => self.start_room(room_id, from_seq, out).await,
+            Some(from_seq) => Box::pin(self.start_room(room_id, from_seq, out)).await,
             None => {
                 self.app.hub.unsubscribe(self.key, room_id);
                 Ok(())

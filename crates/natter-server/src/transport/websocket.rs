@@ -24,8 +24,9 @@ use natter_protocol::{CloseCode, ErrorCode, codec};
 use std::time::Duration;
 use tokio::time::{Instant, timeout, timeout_at};
 
-/// Per-connection read and write buffer sizes (frames larger than this still pass).
-const IO_BUFFER_BYTES: usize = 8 * 1024;
+/// Per-connection read buffer, and the write size that triggers a write (frames larger than this
+/// still pass). Small on purpose: most connections are idle most of the time (docs/benchmarks.md).
+const IO_BUFFER_BYTES: usize = 2 * 1024;
 
 /// How long the server waits for its close frame to be written before dropping the socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -203,7 +204,7 @@ async fn serve(mut socket: WebSocket, state: ServerState, cookie_token: Option<S
     let Some(Hello {
         mut session,
         stream,
-    }) = await_hello(&mut socket, &state, cookie_token).await
+    }) = Box::pin(await_hello(&mut socket, &state, cookie_token)).await
     else {
         return;
     };
@@ -232,8 +233,10 @@ async fn serve(mut socket: WebSocket, state: ServerState, cookie_token: Option<S
                     }
                 },
                 Ok(Some(Ok(Message::Text(body)))) => {
+                    // Boxed: the request's future is large and lives only while it runs, so an
+                    // idle connection does not carry its space.
                     let reply = match codec::decode_client_frame(&body) {
-                        Ok(frame) => session.handle(frame).await,
+                        Ok(frame) => Box::pin(session.handle(frame)).await,
                         Err(error) => error.into_frame(),
                     };
                     session.queue(&reply);
