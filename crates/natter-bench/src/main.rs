@@ -8,8 +8,10 @@
 //! - `idle`: many connections held; the server's memory per connection.
 //! - `fanout`: rooms of many members and a fixed send rate; deliveries per second, latency
 //!   percentiles, server CPU per delivery, and messages lost.
+//! - `durable`: acknowledged (fsync'd) sends per second and acknowledgement latency.
 
 mod conn;
+mod durable;
 mod fanout;
 mod presence;
 mod server;
@@ -31,6 +33,8 @@ enum Scenario {
     Idle(fanout::IdleArgs),
     /// Messages fanned out to room members: throughput, latency, CPU, loss.
     Fanout(fanout::FanoutArgs),
+    /// Durable sends: acknowledgements per second and their latency.
+    Durable(durable::Args),
 }
 
 #[tokio::main]
@@ -40,6 +44,7 @@ async fn main() -> std::process::ExitCode {
         Scenario::Presence(args) => presence::run(args).await,
         Scenario::Idle(args) => fanout::idle(args).await,
         Scenario::Fanout(args) => fanout::fanout(args).await,
+        Scenario::Durable(args) => durable::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

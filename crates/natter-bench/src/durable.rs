@@ -1,0 +1,131 @@
+//! The `durable` scenario: acknowledged sends per second, and how long an acknowledgement takes.
+//!
+//! `senders` connections, each with its own room, keep `in_flight` sends outstanding for
+//! `seconds`. An acknowledgement means the message is on disk (fsync'd; natter never weakens
+//! that), so this measures the store's group commit under load, on whatever database the server
+//! was started with.
+
+use crate::conn::{self, Error};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, default_value_t = 50)]
+    senders: usize,
+    /// Sends each connection keeps outstanding.
+    #[arg(long, default_value_t = 10)]
+    in_flight: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+fn frame(id: u64, room: u64, prefix: &str) -> Message {
+    Message::Text(
+        format!(r#"{{"id":{id},"type":"send","room_id":{room},"client_msg_id":"{prefix}{id}","body":"durable {id}"}}"#)
+            .into(),
+    )
+}
+
+pub async fn run(args: Args) -> Result<(), Error> {
+    let prefix = args.prefix.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("d{nanos:x}-")
+    });
+    let tokens = conn::register_users(&args.url, &prefix, args.senders).await?;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let (url, prefix, in_flight) = (args.url.clone(), format!("{prefix}{i}-"), args.in_flight);
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = conn::connect(&url, &token).await?;
+            let reply = conn::request(
+                &mut sink,
+                &mut stream,
+                1,
+                &format!(r#""type":"create_room","name":"{prefix}room","visibility":"public""#),
+            )
+            .await?;
+            let room = reply
+                .find(r#""room":{"id":"#)
+                .and_then(|at| conn::number_after(&reply[at + 8..], "id"))
+                .ok_or("no room id")?;
+            let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+            let mut latencies = Vec::new();
+            let mut next_id = 10u64;
+            for _ in 0..in_flight {
+                sent_at.insert(next_id, Instant::now());
+                sink.send(frame(next_id, room, &prefix)).await?;
+                next_id += 1;
+            }
+            while let Some(message) = stream.next().await {
+                let Message::Text(text) = message? else {
+                    continue;
+                };
+                if !text.starts_with(r#"{"type":"sent""#) {
+                    if text.starts_with(r#"{"type":"error""#) {
+                        return Err::<Vec<Duration>, Error>(format!("send failed: {text}").into());
+                    }
+                    continue;
+                }
+                let Some(id) = conn::number_after(&text, "id") else {
+                    continue;
+                };
+                if let Some(at) = sent_at.remove(&id) {
+                    latencies.push(at.elapsed());
+                }
+                if Instant::now() < until {
+                    sent_at.insert(next_id, Instant::now());
+                    sink.send(frame(next_id, room, &prefix)).await?;
+                    next_id += 1;
+                } else if sent_at.is_empty() {
+                    break;
+                }
+            }
+            Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "durable: {} senders × {} in flight: {} acknowledged sends in {elapsed:.1} s = {:.0}/s; ack ms p50 {:?} p99 {:?} max {:?}",
+        args.senders,
+        args.in_flight,
+        all.len(),
+        all.len() as f64 / elapsed,
+        pick(0.5),
+        pick(0.99),
+        all.last().map(|d| d.as_secs_f64() * 1000.0)
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "durable",
+            "senders": args.senders,
+            "in_flight": args.in_flight,
+            "acknowledged": all.len(),
+            "seconds": elapsed,
+            "acks_per_s": all.len() as f64 / elapsed,
+            "ack_ms": { "p50": pick(0.5), "p99": pick(0.99), "max": all.last().map(|d| d.as_secs_f64() * 1000.0) },
+        })
+    );
+    Ok(())
+}
