@@ -13,6 +13,17 @@ pub type Stream = SplitStream<Socket>;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// A prefix for the users a run registers (each run needs its own): `given`, or a fresh one.
+pub fn run_prefix(given: &Option<String>, letter: &str) -> String {
+    given.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("{letter}{nanos:x}-")
+    })
+}
+
 /// Registers `count` users named `{prefix}{i}`, a few at a time (password hashing is slow on
 /// purpose), and returns their tokens.
 pub async fn register_users(

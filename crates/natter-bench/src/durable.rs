@@ -34,13 +34,7 @@ fn frame(id: u64, room: u64, prefix: &str) -> Message {
 }
 
 pub async fn run(args: Args) -> Result<(), Error> {
-    let prefix = args.prefix.clone().unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        format!("d{nanos:x}-")
-    });
+    let prefix = conn::run_prefix(&args.prefix, "d");
     let tokens = conn::register_users(&args.url, &prefix, args.senders).await?;
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);

@@ -54,16 +54,6 @@ pub struct FanoutArgs {
     prefix: Option<String>,
 }
 
-fn prefix(given: &Option<String>, letter: &str) -> String {
-    given.clone().unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        format!("{letter}{nanos:x}-")
-    })
-}
-
 /// Creates a public room as `owner` and returns its id.
 async fn create_room(url: &str, token: &str, name: &str) -> Result<u64, Error> {
     let (mut sink, mut stream) = conn::connect(url, token).await?;
@@ -95,7 +85,7 @@ async fn join_room(url: &str, token: &str, room: u64) -> Result<(), Error> {
 }
 
 pub async fn idle(args: IdleArgs) -> Result<(), Error> {
-    let prefix = prefix(&args.prefix, "i");
+    let prefix = conn::run_prefix(&args.prefix, "i");
     let tokens = conn::register_users(&args.url, &prefix, 1).await?;
     create_room(&args.url, &tokens[0], &format!("{prefix}idle")).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -158,7 +148,7 @@ fn micros_since(epoch: Instant) -> u64 {
 }
 
 pub async fn fanout(args: FanoutArgs) -> Result<(), Error> {
-    let prefix = prefix(&args.prefix, "f");
+    let prefix = conn::run_prefix(&args.prefix, "f");
     eprintln!("fanout: {} rooms × {} members", args.rooms, args.members);
     // Per room: an owner who sends, and a member user whose sessions receive.
     let tokens = conn::register_users(&args.url, &prefix, args.rooms * 2).await?;

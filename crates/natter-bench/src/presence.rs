@@ -71,13 +71,7 @@ async fn hold(url: &str, token: &str, frames: &Arc<AtomicU64>) -> Result<Held, E
 }
 
 pub async fn run(args: Args) -> Result<(), Error> {
-    let prefix = args.prefix.clone().unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        format!("p{nanos:x}-")
-    });
+    let prefix = conn::run_prefix(&args.prefix, "p");
     let room_size = args.room_size.max(2);
     eprintln!("presence: registering {} users", args.users);
     let tokens = conn::register_users(&args.url, &prefix, args.users).await?;

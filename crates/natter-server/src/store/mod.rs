@@ -10,7 +10,10 @@ pub mod sqlite;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use natter_protocol::{Role, RoomKind};
+use natter_core::ports::store::EventRecord;
+use natter_protocol::{
+    Message, MessageId, Role, RoomEvent, RoomId, RoomKind, RoomSeq, UserId, UserInfo,
+};
 
 /// The SQL both stores read a message with (`m` the message, `u` its author).
 pub(crate) const MESSAGE_SELECT: &str =
@@ -57,5 +60,76 @@ pub(crate) fn parse_kind(text: &str) -> RoomKind {
         "private" => RoomKind::Private,
         "dm" => RoomKind::Dm,
         _ => RoomKind::Group,
+    }
+}
+
+/// One `room_events` row, as `EVENT_SELECT` reads it, with the message it points at (read by the
+/// caller for message events).
+pub(crate) struct EventColumns {
+    pub seq: RoomSeq,
+    pub at: i64,
+    pub actor: UserId,
+    pub kind: String,
+    pub message_id: Option<i64>,
+    pub message: Option<Message>,
+    pub subject: Option<UserId>,
+    pub role: Option<Role>,
+    pub subject_username: Option<String>,
+    pub subject_display_name: Option<String>,
+    pub room_name: String,
+    pub room_topic: String,
+}
+
+impl EventColumns {
+    /// Whether the caller must read the message for this event.
+    pub fn needs_message(kind: &str) -> bool {
+        kind == "message_created" || kind == "message_edited"
+    }
+
+    /// The event as clients see it.
+    pub fn into_record(self, room_id: RoomId) -> EventRecord {
+        let actor = self.actor;
+        let by_other = |subject: Option<UserId>| subject.filter(|s| *s != actor).map(|_| actor);
+        let event = match (self.kind.as_str(), self.message) {
+            ("message_created", Some(message)) => RoomEvent::MessageCreated { message },
+            ("message_edited", Some(message)) => RoomEvent::MessageEdited {
+                message_id: message.id,
+                body: message.body,
+                edited_at: self.at,
+            },
+            ("message_deleted", _) | ("message_created" | "message_edited", None) => {
+                RoomEvent::MessageDeleted {
+                    message_id: MessageId(self.message_id.unwrap_or_default()),
+                }
+            }
+            ("member_joined", _) => RoomEvent::MemberJoined {
+                user: UserInfo {
+                    id: self.subject.unwrap_or(actor),
+                    username: self.subject_username.unwrap_or_default(),
+                    display_name: self.subject_display_name.unwrap_or_default(),
+                },
+                role: self.role.unwrap_or(Role::Member),
+                invited_by: by_other(self.subject),
+            },
+            ("member_left", _) => RoomEvent::MemberLeft {
+                user_id: self.subject.unwrap_or(actor),
+                kicked_by: by_other(self.subject),
+            },
+            ("room_updated", _) => RoomEvent::RoomUpdated {
+                name: self.room_name,
+                topic: self.room_topic,
+            },
+            _ => RoomEvent::RoleChanged {
+                user_id: self.subject.unwrap_or(actor),
+                role: self.role.unwrap_or(Role::Member),
+            },
+        };
+        EventRecord {
+            room_id,
+            seq: self.seq,
+            at: self.at,
+            actor,
+            event,
+        }
     }
 }

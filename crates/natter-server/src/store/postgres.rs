@@ -8,7 +8,9 @@
 //!
 //! Migrations run at start under an advisory lock, so nodes starting together apply them once.
 
-use super::{EVENT_SELECT, MESSAGE_SELECT, kind_str, parse_kind, parse_role, role_str};
+use super::{
+    EVENT_SELECT, EventColumns, MESSAGE_SELECT, kind_str, parse_kind, parse_role, role_str,
+};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -17,8 +19,7 @@ use natter_core::ports::store::{
 };
 use natter_protocol::frame::MemberInfo;
 use natter_protocol::{
-    ClientMsgId, Message, MessageId, Role, RoomEvent, RoomId, RoomInfo, RoomKind, RoomSeq, UserId,
-    UserInfo,
+    ClientMsgId, Message, MessageId, Role, RoomId, RoomInfo, RoomKind, RoomSeq, UserId, UserInfo,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
@@ -176,64 +177,29 @@ async fn event_row(
     room_id: RoomId,
     row: &Row,
 ) -> Result<EventRecord, StoreError> {
-    let actor = UserId(row.get(2));
-    let at: i64 = row.get(1);
     let kind: String = row.get(3);
     let message_id: Option<i64> = row.get(4);
-    let subject = row.get::<_, Option<i64>>(5).map(UserId);
-    let role = row.get::<_, Option<String>>(6).map(|r| parse_role(&r));
-    let by_other = |subject: Option<UserId>| subject.filter(|s| *s != actor).map(|_| actor);
-    let event = match kind.as_str() {
-        "message_created" | "message_edited" => {
-            let row = db(client
-                .query_one(
-                    &format!("{MESSAGE_SELECT} WHERE m.id = $1"),
-                    &[&message_id.unwrap_or_default()],
-                )
-                .await)?;
-            let message = message_row(&row);
-            if kind == "message_created" {
-                RoomEvent::MessageCreated { message }
-            } else {
-                RoomEvent::MessageEdited {
-                    message_id: message.id,
-                    body: message.body,
-                    edited_at: at,
-                }
-            }
-        }
-        "message_deleted" => RoomEvent::MessageDeleted {
-            message_id: MessageId(message_id.unwrap_or_default()),
-        },
-        "member_joined" => RoomEvent::MemberJoined {
-            user: UserInfo {
-                id: subject.unwrap_or(actor),
-                username: row.get::<_, Option<String>>(7).unwrap_or_default(),
-                display_name: row.get::<_, Option<String>>(8).unwrap_or_default(),
-            },
-            role: role.unwrap_or(Role::Member),
-            invited_by: by_other(subject),
-        },
-        "member_left" => RoomEvent::MemberLeft {
-            user_id: subject.unwrap_or(actor),
-            kicked_by: by_other(subject),
-        },
-        "room_updated" => RoomEvent::RoomUpdated {
-            name: row.get(9),
-            topic: row.get(10),
-        },
-        _ => RoomEvent::RoleChanged {
-            user_id: subject.unwrap_or(actor),
-            role: role.unwrap_or(Role::Member),
-        },
+    let message = match message_id.filter(|_| EventColumns::needs_message(&kind)) {
+        Some(id) => Some(message_row(&db(client
+            .query_one(&format!("{MESSAGE_SELECT} WHERE m.id = $1"), &[&id])
+            .await)?)),
+        None => None,
     };
-    Ok(EventRecord {
-        room_id,
+    let columns = EventColumns {
         seq: seq(row.get(0)),
-        at,
-        actor,
-        event,
-    })
+        at: row.get(1),
+        actor: UserId(row.get(2)),
+        kind,
+        message_id,
+        message,
+        subject: row.get::<_, Option<i64>>(5).map(UserId),
+        role: row.get::<_, Option<String>>(6).map(|r| parse_role(&r)),
+        subject_username: row.get(7),
+        subject_display_name: row.get(8),
+        room_name: row.get(9),
+        room_topic: row.get(10),
+    };
+    Ok(columns.into_record(room_id))
 }
 
 async fn load_event(

@@ -10,15 +10,16 @@
 //! proceed while the writer commits, each seeing a consistent snapshot.
 
 use super::schema::MIGRATIONS;
-use super::{EVENT_SELECT, MESSAGE_SELECT, kind_str, parse_kind, parse_role, role_str};
+use super::{
+    EVENT_SELECT, EventColumns, MESSAGE_SELECT, kind_str, parse_kind, parse_role, role_str,
+};
 use async_trait::async_trait;
 use natter_core::ports::store::{
     Appended, Change, EventRecord, HistoryPage, Membership, Store, StoreError, TokenId, UserRecord,
 };
 use natter_protocol::frame::MemberInfo;
 use natter_protocol::{
-    ClientMsgId, Message, MessageId, Role, RoomEvent, RoomId, RoomInfo, RoomKind, RoomSeq, UserId,
-    UserInfo,
+    ClientMsgId, Message, MessageId, Role, RoomId, RoomInfo, RoomKind, RoomSeq, UserId, UserInfo,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::{Path, PathBuf};
@@ -268,64 +269,31 @@ fn message_row(row: &Row<'_>) -> rusqlite::Result<Message> {
 
 /// Rebuilds one event from its row; message events read the message as it is now.
 fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Result<EventRecord> {
-    let seq = RoomSeq(row.get(0)?);
-    let at: i64 = row.get(1)?;
-    let actor = UserId(row.get(2)?);
     let kind: String = row.get(3)?;
     let message_id: Option<i64> = row.get(4)?;
-    let subject = row.get::<_, Option<i64>>(5)?.map(UserId);
-    let role = row.get::<_, Option<String>>(6)?.map(|r| parse_role(&r));
-    let by_other = |subject: Option<UserId>| subject.filter(|s| *s != actor).map(|_| actor);
-    let event = match kind.as_str() {
-        "message_created" | "message_edited" => {
-            let id = message_id.unwrap_or_default();
-            let message = conn.query_row(
-                &format!("{MESSAGE_SELECT} WHERE m.id = ?1"),
-                [id],
-                message_row,
-            )?;
-            if kind == "message_created" {
-                RoomEvent::MessageCreated { message }
-            } else {
-                RoomEvent::MessageEdited {
-                    message_id: message.id,
-                    body: message.body,
-                    edited_at: at,
-                }
-            }
-        }
-        "message_deleted" => RoomEvent::MessageDeleted {
-            message_id: MessageId(message_id.unwrap_or_default()),
-        },
-        "member_joined" => RoomEvent::MemberJoined {
-            user: UserInfo {
-                id: subject.unwrap_or(actor),
-                username: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                display_name: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
-            },
-            role: role.unwrap_or(Role::Member),
-            invited_by: by_other(subject),
-        },
-        "member_left" => RoomEvent::MemberLeft {
-            user_id: subject.unwrap_or(actor),
-            kicked_by: by_other(subject),
-        },
-        "room_updated" => RoomEvent::RoomUpdated {
-            name: row.get(9)?,
-            topic: row.get(10)?,
-        },
-        _ => RoomEvent::RoleChanged {
-            user_id: subject.unwrap_or(actor),
-            role: role.unwrap_or(Role::Member),
-        },
+    let message = match message_id.filter(|_| EventColumns::needs_message(&kind)) {
+        Some(id) => Some(conn.query_row(
+            &format!("{MESSAGE_SELECT} WHERE m.id = ?1"),
+            [id],
+            message_row,
+        )?),
+        None => None,
     };
-    Ok(EventRecord {
-        room_id,
-        seq,
-        at,
-        actor,
-        event,
-    })
+    let columns = EventColumns {
+        seq: RoomSeq(row.get(0)?),
+        at: row.get(1)?,
+        actor: UserId(row.get(2)?),
+        kind,
+        message_id,
+        message,
+        subject: row.get::<_, Option<i64>>(5)?.map(UserId),
+        role: row.get::<_, Option<String>>(6)?.map(|r| parse_role(&r)),
+        subject_username: row.get(7)?,
+        subject_display_name: row.get(8)?,
+        room_name: row.get(9)?,
+        room_topic: row.get(10)?,
+    };
+    Ok(columns.into_record(room_id))
 }
 
 fn load_event(conn: &Connection, room_id: RoomId, seq: RoomSeq) -> rusqlite::Result<EventRecord> {
