@@ -52,6 +52,8 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Room for every statement the stores run (the default 16 would evict and re-parse).
+    conn.set_prepared_statement_cache_capacity(64);
     // FULL: a commit is on disk before it returns, so an acknowledged message survives a power
     // cut, not only a crash.
     conn.execute_batch(
@@ -272,11 +274,10 @@ fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Res
     let kind: String = row.get(3)?;
     let message_id: Option<i64> = row.get(4)?;
     let message = match message_id.filter(|_| EventColumns::needs_message(&kind)) {
-        Some(id) => Some(conn.query_row(
-            &format!("{MESSAGE_SELECT} WHERE m.id = ?1"),
-            [id],
-            message_row,
-        )?),
+        Some(id) => Some(
+            conn.prepare_cached(&format!("{MESSAGE_SELECT} WHERE m.id = ?1"))?
+                .query_row([id], message_row)?,
+        ),
         None => None,
     };
     let columns = EventColumns {
@@ -296,12 +297,15 @@ fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Res
     Ok(columns.into_record(room_id))
 }
 
+/// Statements run for every write go through the connection's statement cache: parsing SQL
+/// would otherwise cost as much as running it.
 fn load_event(conn: &Connection, room_id: RoomId, seq: RoomSeq) -> rusqlite::Result<EventRecord> {
-    conn.query_row(
-        &format!("{EVENT_SELECT} WHERE e.room_id = ?1 AND e.seq = ?2"),
-        params![room_id.0, seq.0],
-        |row| event_row(conn, room_id, row),
-    )
+    conn.prepare_cached(&format!(
+        "{EVENT_SELECT} WHERE e.room_id = ?1 AND e.seq = ?2"
+    ))?
+    .query_row(params![room_id.0, seq.0], |row| {
+        event_row(conn, room_id, row)
+    })
 }
 
 fn room_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<RoomInfo> {
@@ -427,21 +431,18 @@ fn live_message(
     message_id: MessageId,
 ) -> Result<(), StoreError> {
     let found: Option<i64> = db(conn
-        .query_row(
-            "SELECT id FROM messages WHERE id = ?1 AND room_id = ?2 AND deleted = 0",
-            params![message_id.0, room_id.0],
-            |row| row.get(0),
-        )
-        .optional())?;
+        .prepare_cached("SELECT id FROM messages WHERE id = ?1 AND room_id = ?2 AND deleted = 0")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![message_id.0, room_id.0], |row| row.get(0))
+                .optional()
+        }))?;
     found.map(|_| ()).ok_or(StoreError::NotFound("message"))
 }
 
 fn require_room(conn: &Connection, room_id: RoomId) -> Result<(), StoreError> {
     let found: Option<i64> = db(conn
-        .query_row("SELECT id FROM rooms WHERE id = ?1", [room_id.0], |row| {
-            row.get(0)
-        })
-        .optional())?;
+        .prepare_cached("SELECT id FROM rooms WHERE id = ?1")
+        .and_then(|mut stmt| stmt.query_row([room_id.0], |row| row.get(0)).optional()))?;
     found.map(|_| ()).ok_or(StoreError::NotFound("room"))
 }
 
