@@ -163,7 +163,7 @@ async fn authenticate(
     state: &ServerState,
     headers: &HeaderMap,
     query_token: Option<String>,
-) -> Result<(UserRecord, TokenId, String), ApiError> {
+) -> Result<(UserRecord, TokenId), ApiError> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -176,7 +176,7 @@ async fn authenticate(
         return Err(ApiError::new(ErrorCode::AuthFailed, "no token given"));
     };
     match auth::authenticate(state, &token).await? {
-        Some((user, id)) => Ok((user, id, token)),
+        Some(found) => Ok(found),
         None => Err(ApiError::new(
             ErrorCode::AuthFailed,
             "unknown, expired or revoked token",
@@ -189,7 +189,7 @@ async fn authenticate(
 ///   (a failed request is an `error` frame, as on the WebSocket).
 /// - 401 with an `auth_failed` error frame when the token is missing or refused.
 pub async fn rpc(State(state): State<ServerState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (user, token, _) = match authenticate(&state, &headers, None).await {
+    let (user, token) = match authenticate(&state, &headers, None).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
     };
@@ -254,7 +254,7 @@ pub async fn sse(
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> Response {
-    let (user, token, _) = match authenticate(&state, &headers, query.token).await {
+    let (user, token) = match authenticate(&state, &headers, query.token).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
     };
@@ -349,7 +349,7 @@ pub async fn poll(
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> Response {
-    let (user, token, _) = match authenticate(&state, &headers, query.token).await {
+    let (user, token) = match authenticate(&state, &headers, query.token).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
     };

@@ -111,11 +111,7 @@ async fn a_node_killed_under_load_loses_no_acknowledged_message_and_its_clients_
         join(&client, room.id).await;
         senders.push((i, client, auth.token));
     }
-    let start = owner_client
-        .send_message(room.id, "start")
-        .await
-        .unwrap()
-        .seq;
+    owner_client.send_message(room.id, "start").await.unwrap();
     let total = 3 * PER_SENDER;
 
     let tasks: Vec<_> = senders
@@ -179,7 +175,6 @@ async fn a_node_killed_under_load_loses_no_acknowledged_message_and_its_clients_
     assert_eq!(orders[0], orders[1], "both readers saw one order");
     let seen: HashSet<&String> = orders[0].iter().collect();
     assert_eq!(seen.len(), total + 1, "each message exactly once");
-    let _ = start;
 }
 
 #[tokio::test]
@@ -265,10 +260,8 @@ async fn while_postgresql_is_unreachable_sends_fail_retryably_and_no_acknowledge
                 .await
             {
                 Ok(message) => break message,
-                Err(error) if attempt < 20 => {
-                    let _ = error;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                // Still reconnecting to the database: the same send again, shortly.
+                Err(_) if attempt < 20 => tokio::time::sleep(Duration::from_millis(100)).await,
                 Err(error) => panic!("never recovered: {error}"),
             }
         };

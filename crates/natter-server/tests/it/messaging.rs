@@ -162,7 +162,7 @@ async fn a_retried_send_returns_the_first_message_and_stores_it_once() {
 #[tokio::test]
 async fn edits_and_deletes_are_events_and_history_shows_their_result() {
     let server = TestServer::start().await;
-    let (_, mut ana) = server.connected("ana").await;
+    let (_, ana) = server.connected("ana").await;
     let (_, mut bo) = server.connected("bo").await;
     let room = create_channel(&ana, "edits", Visibility::Public).await;
     join(&bo, room.id).await;
@@ -221,7 +221,6 @@ async fn edits_and_deletes_are_events_and_history_shows_their_result() {
         error.code(),
         Some(natter_client::protocol::ErrorCode::NotFound)
     );
-    let _ = &mut ana;
 }
 
 #[tokio::test]

@@ -8,7 +8,6 @@ use natter_client::protocol::{
     ErrorCode, RequestId, RoomEvent, RoomId, RoomSeq, Visibility, codec,
 };
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Kind {
@@ -443,5 +442,4 @@ async fn an_sse_stream_and_its_requests_may_land_on_different_nodes() {
     assert!(matches!(reply, ServerFrame::Sent { .. }));
     let (bodies, _) = messages_in_order(&mut wire, room.id, cursor, 1).await;
     assert_eq!(bodies, ["sent to b, seen on a"]);
-    let _ = Duration::ZERO;
 }
