@@ -216,7 +216,8 @@ async fn load_event(
     event_row(client, room_id, &row).await
 }
 
-/// `$1` is the viewer: `role`, the read position and the unread counts are theirs.
+/// `$1` is the viewer: `role`, the read position, the unread counts and (column 10) the
+/// sequence their membership began at are theirs.
 const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
         v.role,
         (SELECT COUNT(*) FROM members WHERE room_id = r.id),
@@ -224,7 +225,8 @@ const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
         (SELECT COUNT(*) FROM messages m
             WHERE m.room_id = r.id AND m.seq > v.read_seq AND m.author_id != $1 AND NOT m.deleted),
         (SELECT COUNT(*) FROM mentions mn JOIN messages m ON m.id = mn.message_id
-            WHERE mn.user_id = $1 AND m.room_id = r.id AND m.seq > v.read_seq AND NOT m.deleted)
+            WHERE mn.user_id = $1 AND m.room_id = r.id AND m.seq > v.read_seq AND NOT m.deleted),
+        COALESCE(v.joined_seq, 0)
     FROM rooms r
     LEFT JOIN members v ON v.room_id = r.id AND v.user_id = $1";
 
@@ -881,25 +883,15 @@ impl Store for PostgresStore {
             .await)?;
         let rows = db(tx
             .query(
-                &format!(
-                    "{ROOM_SELECT} JOIN members me ON me.room_id = r.id AND me.user_id = $1 ORDER BY r.id"
-                ),
+                &format!("{ROOM_SELECT} WHERE v.user_id = $1 ORDER BY r.id"),
                 &[&user_id.0],
             )
             .await)?;
         let mut memberships = Vec::with_capacity(rows.len());
         for row in &rows {
-            let room = room_row(&tx, row).await?;
-            let joined: i64 = db(tx
-                .query_one(
-                    "SELECT joined_seq FROM members WHERE room_id = $1 AND user_id = $2",
-                    &[&room.id.0, &user_id.0],
-                )
-                .await)?
-            .get(0);
             memberships.push(Membership {
-                room,
-                joined_seq: seq(joined),
+                room: room_row(&tx, row).await?,
+                joined_seq: seq(row.get(10)),
             });
         }
         db(tx.commit().await)?;

@@ -343,7 +343,8 @@ fn room_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<RoomInfo> {
     })
 }
 
-/// `?1` is the viewer: `role`, the read position and the unread counts are theirs.
+/// `?1` is the viewer: `role`, the read position, the unread counts and (column 10) the
+/// sequence their membership began at are theirs.
 const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
         v.role,
         (SELECT COUNT(*) FROM members WHERE room_id = r.id),
@@ -351,7 +352,8 @@ const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
         (SELECT COUNT(*) FROM messages m
             WHERE m.room_id = r.id AND m.seq > v.read_seq AND m.author_id != ?1 AND m.deleted = 0),
         (SELECT COUNT(*) FROM mentions mn JOIN messages m ON m.id = mn.message_id
-            WHERE mn.user_id = ?1 AND m.room_id = r.id AND m.seq > v.read_seq AND m.deleted = 0)
+            WHERE mn.user_id = ?1 AND m.room_id = r.id AND m.seq > v.read_seq AND m.deleted = 0),
+        COALESCE(v.joined_seq, 0)
     FROM rooms r
     LEFT JOIN members v ON v.room_id = r.id AND v.user_id = ?1";
 
@@ -898,32 +900,25 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             // One read transaction: every last_seq comes from the same snapshot.
             db(conn.execute_batch("BEGIN"))?;
-            let rooms = conn
-                .prepare_cached(&format!(
-                    "{ROOM_SELECT} JOIN members me ON me.room_id = r.id AND me.user_id = ?1 ORDER BY r.id"
-                ))
+            let memberships = conn
+                .prepare_cached(&format!("{ROOM_SELECT} WHERE v.user_id = ?1 ORDER BY r.id"))
                 .and_then(|mut stmt| {
-                    stmt.query_map([user_id.0], |row| room_row(conn, row))?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .and_then(|rooms| {
-                    let mut joined = conn.prepare_cached(
-                        "SELECT joined_seq FROM members WHERE room_id = ?1 AND user_id = ?2",
-                    )?;
-                    rooms
-                        .into_iter()
-                        .map(|room| {
-                            let joined_seq: u64 =
-                                joined.query_row(params![room.id.0, user_id.0], |row| row.get(0))?;
-                            Ok(Membership {
-                                room,
-                                joined_seq: RoomSeq(joined_seq),
-                            })
+                    stmt.query_map([user_id.0], |row| {
+                        Ok(Membership {
+                            room: room_row(conn, row)?,
+                            joined_seq: RoomSeq(row.get(10)?),
                         })
-                        .collect::<rusqlite::Result<Vec<_>>>()
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
                 });
-            let _ = conn.execute_batch("COMMIT");
-            db(rooms)
+            // A pooled connection must not go back with its transaction open.
+            let ended = conn.execute_batch(if memberships.is_ok() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            });
+            db(ended)?;
+            db(memberships)
         })
         .await
     }

@@ -131,9 +131,12 @@ async fn await_hello(
         };
         let reject = |code, message: &str| ServerFrame::error(Some(frame.id), code, message);
         let Some(token) = token.or_else(|| cookie_token.clone()) else {
-            let _ = socket
-                .send(text(&reject(ErrorCode::AuthFailed, "no token given")))
-                .await;
+            reply_by(
+                deadline,
+                socket,
+                reject(ErrorCode::AuthFailed, "no token given"),
+            )
+            .await;
             close(socket, CloseCode::AuthFailed).await;
             return None;
         };
@@ -150,7 +153,7 @@ async fn await_hello(
                     ErrorCode::Unavailable,
                     "storage is unavailable; reconnect later",
                 );
-                let _ = socket.send(text(&reply)).await;
+                reply_by(deadline, socket, reply).await;
                 close(socket, CloseCode::TryAgainLater).await;
                 return None;
             }
