@@ -68,17 +68,10 @@ async fn read_all(
 async fn a_node_killed_under_load_loses_no_acknowledged_message_and_its_clients_resume_elsewhere() {
     const PER_SENDER: usize = 120;
     let database = TestDatabase::create().await;
-    let redis = redis_url();
-    let args = [
-        "--database-url",
-        database.url.as_str(),
-        "--redis-url",
-        redis.as_str(),
-    ];
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::TempDir::new().unwrap()).collect();
     let mut nodes = Vec::new();
     for dir in &dirs {
-        nodes.push(Process::start_with(dir.path(), &args).await);
+        nodes.push(Process::node(dir.path(), &database).await);
     }
     let urls: Vec<String> = nodes.iter().map(|n| n.base_url.clone()).collect();
 

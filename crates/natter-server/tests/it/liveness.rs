@@ -12,46 +12,6 @@ async fn quick_presence_server() -> TestServer {
     TestServer::start_with(|s| s.limits.presence_coalesce_ms = 50).await
 }
 
-/// Waits until `user_id` is reported `status`; returns their last-seen time. Earlier reports
-/// (the initial `online` of a user who just connected) are skipped.
-async fn presence_becomes(
-    client: &mut Client,
-    user_id: UserId,
-    status: PresenceStatus,
-) -> Option<i64> {
-    wait_for(client, |f| match f {
-        ServerFrame::Presence { presence }
-            if presence.user_id == user_id && presence.status == status =>
-        {
-            Some(presence.last_seen)
-        }
-        _ => None,
-    })
-    .await
-}
-
-/// True if no presence frame saying `user_id` is `status` arrives within `within`.
-async fn no_presence_of(
-    client: &mut Client,
-    user_id: UserId,
-    status: PresenceStatus,
-    within: Duration,
-) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.next_event_within(left).await {
-            None => return true,
-            Some(ClientEvent::Frame(ServerFrame::Presence { presence }))
-                if presence.user_id == user_id && presence.status == status =>
-            {
-                return false;
-            }
-            Some(_) => {}
-        }
-    }
-}
-
 /// Ana and Bo share a channel; returns it once both have been online for longer than the
 /// coalescing window (a shorter stay is a flap, which by design is never published).
 async fn shared_room(ana: &Client, bo: &mut Client) -> RoomId {
@@ -69,10 +29,10 @@ async fn presence_reaches_those_who_share_a_room_and_no_one_else() {
     let (_, mut eve) = server.connected("eve").await;
     shared_room(&ana, &mut bo).await;
     bo.close();
-    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline).await;
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline, WAIT).await;
     let _bo_again = server.client(&bo_auth).await;
     assert_eq!(
-        presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online).await,
+        presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online, WAIT).await,
         None
     );
     for status in [PresenceStatus::Online, PresenceStatus::Offline] {
@@ -135,7 +95,8 @@ async fn a_user_with_two_devices_is_online_until_the_last_one_leaves() {
         "still online on the phone"
     );
     phone.close();
-    let last_seen = presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline).await;
+    let last_seen =
+        presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline, WAIT).await;
     assert!(
         last_seen.is_some_and(|at| at > 0),
         "offline carries last seen"
@@ -164,14 +125,14 @@ async fn away_is_when_every_session_says_so() {
         "the laptop is active"
     );
     laptop.request(away()).await.unwrap();
-    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Away).await;
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Away, WAIT).await;
     laptop
         .request(Request::SetPresence {
             status: PresenceStatus::Online,
         })
         .await
         .unwrap();
-    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online).await;
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online, WAIT).await;
     let error = laptop
         .request(Request::SetPresence {
             status: PresenceStatus::Offline,
@@ -193,12 +154,12 @@ async fn a_connection_that_dies_without_a_goodbye_goes_offline_after_the_heartbe
     let (bo_auth, mut bo) = server.connected("bo").await;
     shared_room(&ana, &mut bo).await;
     bo.close();
-    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline).await;
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline, WAIT).await;
     // A client that goes silent (its process frozen, its network gone) sends nothing more.
     let _silent = RawSocket::authenticated(&server.base_url, &bo_auth.token).await;
-    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online).await;
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Online, WAIT).await;
     let started = tokio::time::Instant::now();
-    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline).await;
+    presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline, WAIT).await;
     assert!(
         started.elapsed() >= Duration::from_millis(700),
         "not before the heartbeat timeout"

@@ -167,27 +167,6 @@ async fn typing_and_receipts_cross_nodes() {
     assert_eq!(read, message.seq);
 }
 
-async fn presence_becomes(
-    client: &mut natter_client::Client,
-    user_id: natter_client::protocol::UserId,
-    status: PresenceStatus,
-    within: Duration,
-) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.next_event_within(left).await {
-            Some(natter_client::ClientEvent::Frame(ServerFrame::Presence { presence }))
-                if presence.user_id == user_id && presence.status == status =>
-            {
-                return;
-            }
-            Some(_) => {}
-            None => panic!("{user_id} did not become {status:?} within {within:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn presence_is_cluster_wide_a_user_online_on_any_node_is_online() {
     let database = TestDatabase::create().await;
@@ -202,17 +181,16 @@ async fn presence_is_cluster_wide_a_user_online_on_any_node_is_online() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Leaving node A while still on node B is no change at all.
     bo_on_a.close();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut offline_too_early = false;
-    while let Some(event) = ana.next_event_within(Duration::from_millis(100)).await {
-        if let natter_client::ClientEvent::Frame(ServerFrame::Presence { presence }) = event
-            && presence.user_id == bo_auth.user.id
-            && presence.status == PresenceStatus::Offline
-        {
-            offline_too_early = true;
-        }
-    }
-    assert!(!offline_too_early, "bo is still online on node b");
+    assert!(
+        no_presence_of(
+            &mut ana,
+            bo_auth.user.id,
+            PresenceStatus::Offline,
+            Duration::from_millis(400)
+        )
+        .await,
+        "bo is still online on node b"
+    );
     bo_on_b.close();
     presence_becomes(&mut ana, bo_auth.user.id, PresenceStatus::Offline, WAIT).await;
 }
@@ -220,15 +198,8 @@ async fn presence_is_cluster_wide_a_user_online_on_any_node_is_online() {
 #[tokio::test]
 async fn the_users_of_a_node_that_dies_go_offline() {
     let database = TestDatabase::create().await;
-    let redis = redis_url();
-    let args = [
-        "--database-url",
-        database.url.as_str(),
-        "--redis-url",
-        redis.as_str(),
-    ];
     let dir = tempfile::TempDir::new().unwrap();
-    let mut doomed = Process::start_with(dir.path(), &args).await;
+    let mut doomed = Process::node(dir.path(), &database).await;
     let a = TestServer::node(&database).await;
     let (_, mut ana) = a.connected("ana").await;
     let room = create_channel(&ana, "vigil", Visibility::Public).await;

@@ -366,6 +366,51 @@ pub async fn all_messages(
     }
 }
 
+/// Waits until `user_id` is reported `status` (earlier reports, such as the first `online` of
+/// a user who just connected, are skipped); returns their last-seen time.
+pub async fn presence_becomes(
+    client: &mut Client,
+    user_id: natter_client::protocol::UserId,
+    status: natter_client::protocol::PresenceStatus,
+    within: Duration,
+) -> Option<i64> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event_within(left).await {
+            Some(ClientEvent::Frame(ServerFrame::Presence { presence }))
+                if presence.user_id == user_id && presence.status == status =>
+            {
+                return presence.last_seen;
+            }
+            Some(_) => {}
+            None => panic!("{user_id} did not become {status:?} within {within:?}"),
+        }
+    }
+}
+
+/// True if no presence frame saying `user_id` is `status` arrives within `within`.
+pub async fn no_presence_of(
+    client: &mut Client,
+    user_id: natter_client::protocol::UserId,
+    status: natter_client::protocol::PresenceStatus,
+    within: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event_within(left).await {
+            None => return true,
+            Some(ClientEvent::Frame(ServerFrame::Presence { presence }))
+                if presence.user_id == user_id && presence.status == status =>
+            {
+                return false;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// Waits for the next pushed frame that satisfies `pick`, skipping others.
 pub async fn wait_for<T>(
     client: &mut Client,

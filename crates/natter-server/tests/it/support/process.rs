@@ -52,6 +52,16 @@ impl Process {
         panic!("natter did not become healthy");
     }
 
+    /// A cluster node on the test's database and Redis.
+    pub async fn node(data_dir: &Path, database: &super::TestDatabase) -> Process {
+        let redis = super::redis_url();
+        Process::start_with(
+            data_dir,
+            &["--database-url", &database.url, "--redis-url", &redis],
+        )
+        .await
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id().expect("running") as i32
     }
