@@ -84,6 +84,15 @@ pub enum Change {
     SetRole { user_id: UserId, role: Role },
 }
 
+/// A member's delivery and read positions in a room, after an `advance_receipt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Positions {
+    pub delivered: RoomSeq,
+    pub read: RoomSeq,
+    /// Whether either moved (and so is news for the room).
+    pub moved: bool,
+}
+
 /// A room a user belongs to, and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {
@@ -195,15 +204,15 @@ pub trait Store: Send + Sync + 'static {
     // --- liveness ---
 
     /// Moves a member's delivery and read positions forward (never back, never past the room's
-    /// newest event; reading implies delivery). Returns the new `(delivered, read)` if either
-    /// moved, `None` if nothing changed. Fails with `NotFound` if the user is not a member.
+    /// newest event; reading implies delivery) and returns the positions now in force. Fails
+    /// with `NotFound` if the user is not a member.
     async fn advance_receipt(
         &self,
         room_id: RoomId,
         user_id: UserId,
         delivered: Option<RoomSeq>,
         read: Option<RoomSeq>,
-    ) -> Result<Option<(RoomSeq, RoomSeq)>, StoreError>;
+    ) -> Result<Positions, StoreError>;
     /// Everyone who shares a room with the user, with when each was last seen.
     async fn contacts(&self, user_id: UserId) -> Result<Vec<(UserId, Option<i64>)>, StoreError>;
     async fn set_last_seen(&self, user_id: UserId, at: i64) -> Result<(), StoreError>;

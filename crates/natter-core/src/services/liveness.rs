@@ -30,25 +30,18 @@ pub async fn advance_receipt(
     read: Option<RoomSeq>,
 ) -> Result<RoomSeq, ServiceError> {
     require_member(app, user, room_id).await?;
-    let moved = app
+    let positions = app
         .store
         .advance_receipt(room_id, user.info.id, delivered, read)
         .await?;
-    match moved {
-        Some((delivered_seq, read_seq)) => {
-            app.publish(Envelope::Receipt {
-                room_id,
-                user_id: user.info.id,
-                delivered_seq,
-                read_seq,
-            })
-            .await;
-            Ok(read_seq)
-        }
-        None => {
-            // Nothing moved: answer with the position in force.
-            let room = app.store.room(room_id, user.info.id).await?;
-            Ok(room.map(|r| r.read_seq).unwrap_or_default())
-        }
+    if positions.moved {
+        app.publish(Envelope::Receipt {
+            room_id,
+            user_id: user.info.id,
+            delivered_seq: positions.delivered,
+            read_seq: positions.read,
+        })
+        .await;
     }
+    Ok(positions.read)
 }

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use natter_core::ports::store::{
-    Appended, Change, EventRecord, HistoryPage, Membership, Store, StoreError, TokenId, UserRecord,
+    Appended, Change, EventRecord, HistoryPage, Membership, Positions, Store, StoreError, TokenId,
+    UserRecord,
 };
 use natter_protocol::frame::MemberInfo;
 use natter_protocol::{
@@ -957,7 +958,7 @@ impl Store for PostgresStore {
         user_id: UserId,
         delivered: Option<RoomSeq>,
         read: Option<RoomSeq>,
-    ) -> Result<Option<(RoomSeq, RoomSeq)>, StoreError> {
+    ) -> Result<Positions, StoreError> {
         self.write(async |tx| {
             let row = db(tx
                 .query_opt(
@@ -974,8 +975,9 @@ impl Store for PostgresStore {
                 .map_or(delivered_now, |d| (d.0 as i64).min(last))
                 .max(delivered_now)
                 .max(read_next);
-            if (delivered_next, read_next) == (delivered_now, read_now) {
-                return Ok(None);
+            let moved = (delivered_next, read_next) != (delivered_now, read_now);
+            if !moved {
+                return Ok(Positions { delivered: seq(delivered_now), read: seq(read_now), moved });
             }
             db(tx
                 .execute(
@@ -983,7 +985,7 @@ impl Store for PostgresStore {
                     &[&delivered_next, &read_next, &room_id.0, &user_id.0],
                 )
                 .await)?;
-            Ok(Some((seq(delivered_next), seq(read_next))))
+            Ok(Positions { delivered: seq(delivered_next), read: seq(read_next), moved })
         })
         .await
     }

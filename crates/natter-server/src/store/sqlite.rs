@@ -15,7 +15,8 @@ use super::{
 };
 use async_trait::async_trait;
 use natter_core::ports::store::{
-    Appended, Change, EventRecord, HistoryPage, Membership, Store, StoreError, TokenId, UserRecord,
+    Appended, Change, EventRecord, HistoryPage, Membership, Positions, Store, StoreError, TokenId,
+    UserRecord,
 };
 use natter_protocol::frame::MemberInfo;
 use natter_protocol::{
@@ -982,7 +983,7 @@ impl Store for SqliteStore {
         user_id: UserId,
         delivered: Option<RoomSeq>,
         read: Option<RoomSeq>,
-    ) -> Result<Option<(RoomSeq, RoomSeq)>, StoreError> {
+    ) -> Result<Positions, StoreError> {
         self.write(move |conn| {
             let current: Option<(u64, u64, u64)> = db(conn
                 .query_row(
@@ -998,14 +999,15 @@ impl Store for SqliteStore {
                 .map_or(delivered_now, |d| d.0.min(last))
                 .max(delivered_now)
                 .max(read_next);
-            if (delivered_next, read_next) == (delivered_now, read_now) {
-                return Ok(None);
+            let moved = (delivered_next, read_next) != (delivered_now, read_now);
+            if !moved {
+                return Ok(Positions { delivered: RoomSeq(delivered_now), read: RoomSeq(read_now), moved });
             }
             db(conn.execute(
                 "UPDATE members SET delivered_seq = ?1, read_seq = ?2 WHERE room_id = ?3 AND user_id = ?4",
                 params![delivered_next, read_next, room_id.0, user_id.0],
             ))?;
-            Ok(Some((RoomSeq(delivered_next), RoomSeq(read_next))))
+            Ok(Positions { delivered: RoomSeq(delivered_next), read: RoomSeq(read_next), moved })
         })
         .await
     }

@@ -2,7 +2,7 @@
 //! must keep, whatever sits above it. Written against `dyn Store` so another backend runs the
 //! same suite.
 
-use natter_core::ports::store::{Change, Store, StoreError, TokenId};
+use natter_core::ports::store::{Change, Positions, Store, StoreError, TokenId};
 use natter_protocol::{ClientMsgId, Role, RoomKind, RoomSeq, UserId};
 use std::sync::Arc;
 
@@ -272,13 +272,26 @@ async fn read_positions_only_move_forward_and_count_unread_messages_and_mentions
         .advance_receipt(room, bo, None, Some(RoomSeq(join.0 + 2)))
         .await
         .unwrap();
-    assert_eq!(moved, Some((RoomSeq(join.0 + 2), RoomSeq(join.0 + 2))));
+    let at = RoomSeq(join.0 + 2);
+    assert_eq!(
+        moved,
+        Positions {
+            delivered: at,
+            read: at,
+            moved: true
+        }
+    );
     assert_eq!(
         store
             .advance_receipt(room, bo, Some(RoomSeq(1)), Some(RoomSeq(1)))
             .await
             .unwrap(),
-        None
+        Positions {
+            delivered: at,
+            read: at,
+            moved: false
+        },
+        "backwards changes nothing and answers the positions in force"
     );
     let info = store.room(room, bo).await.unwrap().unwrap();
     assert_eq!((info.unread, info.mentions), (1, 0));
@@ -288,7 +301,11 @@ async fn read_positions_only_move_forward_and_count_unread_messages_and_mentions
         .unwrap();
     assert_eq!(
         capped,
-        Some((info.last_seq, info.last_seq)),
+        Positions {
+            delivered: info.last_seq,
+            read: info.last_seq,
+            moved: true
+        },
         "never past the newest event"
     );
     let eve = user(&store, "eve").await;
