@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 
 const here = new URL(".", import.meta.url).pathname;
@@ -67,6 +68,21 @@ export class Natter {
     await this.stop();
     rmSync(this.dataDir, { recursive: true, force: true });
   }
+}
+
+/** For a test suite: a natter process and a browser, started before its tests and ended after.
+ *  Read them as `env.natter` and `env.browser` inside the tests. */
+export function freshNatterAndBrowser() {
+  const env = {};
+  before(async () => {
+    env.natter = await Natter.start();
+    env.browser = await launchBrowser();
+  });
+  after(async () => {
+    await env.browser?.close();
+    await env.natter?.dispose();
+  });
+  return env;
 }
 
 export async function launchBrowser() {

@@ -1,32 +1,21 @@
 // The web app in a real browser (Debian's Chromium), against a real natter process.
 
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { Natter, ScriptUser, createChannel, joinChannel, launchBrowser, messageLog, registeredPage, send } from "../lib.mjs";
+import { ScriptUser, createChannel, freshNatterAndBrowser, joinChannel, messageLog, registeredPage, send } from "../lib.mjs";
 
 // The README's picture: written to docs/ when NATTER_SCREENSHOT names it, else to a temp file.
 const SCREENSHOT = process.env.NATTER_SCREENSHOT ? resolve(process.env.NATTER_SCREENSHOT) : join(tmpdir(), "natter-screenshot.png");
 
 describe("the web app", () => {
-  let natter;
-  let browser;
-
-  before(async () => {
-    natter = await Natter.start();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await natter?.dispose();
-  });
+  const env = freshNatterAndBrowser();
 
   it("lets two users chat in real time, and a reload keeps the history", async () => {
-    const ana = await registeredPage(browser, natter, "ana");
-    const bo = await registeredPage(browser, natter, "bo");
+    const ana = await registeredPage(env.browser, env.natter, "ana");
+    const bo = await registeredPage(env.browser, env.natter, "bo");
     await createChannel(ana, "general");
     await joinChannel(bo, "general");
 
@@ -70,7 +59,7 @@ describe("the web app", () => {
   });
 
   it("shows messages as text: no HTML and no javascript links from a message ever run", async () => {
-    const eve = await registeredPage(browser, natter, "eve");
+    const eve = await registeredPage(env.browser, env.natter, "eve");
     await createChannel(eve, "xss");
     const payloads = [
       `<img src=x onerror="window.__pwned = 1">`,
@@ -93,21 +82,21 @@ describe("the web app", () => {
   });
 
   it("delivers messages typed while the server restarts once, and shows what was missed", async () => {
-    const ana = await registeredPage(browser, natter, "ana2");
-    const carol = await ScriptUser.register(natter, "carol");
+    const ana = await registeredPage(env.browser, env.natter, "ana2");
+    const carol = await ScriptUser.register(env.natter, "carol");
     await createChannel(ana, "ops");
     const [rooms] = await carol.requests({ type: "public_rooms" });
     const room = rooms.rooms.find((r) => r.name === "ops");
     await carol.requests({ type: "join", room_id: room.id }, { type: "send", room_id: room.id, client_msg_id: "c0", body: "carol is here" });
     await messageLog(ana).getByText("carol is here").waitFor();
 
-    await natter.stop();
+    await env.natter.stop();
     await ana.getByRole("status").getByText("Reconnecting").waitFor();
     await send(ana, "typed while down 1");
     await send(ana, "typed while down 2");
     await ana.locator(".pending", { hasText: "typed while down 2" }).getByText("Sending…").waitFor();
 
-    await natter.start();
+    await env.natter.start();
     // Carol writes as soon as the server is back, while Ana's client may still be waiting to retry.
     await carol.requests(
       { type: "send", room_id: room.id, client_msg_id: "c1", body: "missed 1" },
@@ -133,9 +122,9 @@ describe("the web app", () => {
   });
 
   it("works on a phone-sized screen", async () => {
-    const context = await browser.newContext({ viewport: { width: 390, height: 800 } });
+    const context = await env.browser.newContext({ viewport: { width: 390, height: 800 } });
     const page = await context.newPage();
-    await page.goto(natter.url);
+    await page.goto(env.natter.url);
     await page.getByRole("button", { name: "Log in" }).last().waitFor();
     await page.getByLabel("Username").fill("bo");
     await page.getByLabel("Password").fill("password-bo");
@@ -155,22 +144,11 @@ describe("the web app", () => {
 });
 
 describe("liveness in the web app", () => {
-  let natter;
-  let browser;
-
-  before(async () => {
-    natter = await Natter.start();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await natter?.dispose();
-  });
+  const env = freshNatterAndBrowser();
 
   it("shows presence, typing, and a message going from sent to delivered to read", async () => {
-    const ana = await registeredPage(browser, natter, "ana");
-    const bo = await registeredPage(browser, natter, "bo");
+    const ana = await registeredPage(env.browser, env.natter, "ana");
+    const bo = await registeredPage(env.browser, env.natter, "bo");
     await ana.getByRole("button", { name: "New direct message" }).first().click();
     await ana.getByLabel(/^To/).fill("bo");
     await ana.getByRole("button", { name: "Open", exact: true }).click();
