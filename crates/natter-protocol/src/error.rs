@@ -70,6 +70,10 @@ pub enum CloseCode {
     Unsupported,
     /// The server cannot serve the connection now (storage unavailable). Reconnect with backoff.
     TryAgainLater,
+    /// The bytes broke WebSocket framing (RFC 6455 "protocol error").
+    ProtocolError,
+    /// A text frame was not valid UTF-8 (RFC 6455 "invalid frame payload data").
+    InvalidText,
 }
 
 impl CloseCode {
@@ -84,6 +88,8 @@ impl CloseCode {
             CloseCode::TooBig => 1009,
             CloseCode::Unsupported => 1003,
             CloseCode::TryAgainLater => 1013,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidText => 1007,
         }
     }
 
@@ -98,6 +104,8 @@ impl CloseCode {
             CloseCode::TooBig,
             CloseCode::Unsupported,
             CloseCode::TryAgainLater,
+            CloseCode::ProtocolError,
+            CloseCode::InvalidText,
         ]
         .into_iter()
         .find(|c| c.code() == code)
@@ -115,6 +123,8 @@ impl CloseCode {
             CloseCode::TooBig => "frame too large",
             CloseCode::Unsupported => "binary frames are not supported",
             CloseCode::TryAgainLater => "server unavailable: try again later",
+            CloseCode::ProtocolError => "websocket protocol error",
+            CloseCode::InvalidText => "text frame is not valid UTF-8",
         }
     }
 

@@ -11,12 +11,14 @@
 //! - [`event`]: the payloads of the per-room event stream and the shapes they carry.
 //! - [`error`]: stable error codes and WebSocket close codes.
 //! - [`codec`]: decode a client frame with a precise error, encode a server frame.
+//! - [`websocket`]: RFC 6455 frame headers and masking, shared by the server and the load tool.
 
 pub mod codec;
 pub mod error;
 pub mod event;
 pub mod frame;
 pub mod ids;
+pub mod websocket;
 
 pub use codec::{DecodeError, decode_client_frame, decode_server_frame, encode};
 pub use error::{CloseCode, ErrorCode};

@@ -168,8 +168,10 @@ export const CloseCode = {
   HeartbeatTimeout: 4003,
   ShuttingDown: 4004,
   Revoked: 4005,
-  TooBig: 1009,
+  ProtocolError: 1002,
   Unsupported: 1003,
+  InvalidText: 1007,
+  TooBig: 1009,
   TryAgainLater: 1013,
 } as const;
 

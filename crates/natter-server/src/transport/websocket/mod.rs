@@ -1,0 +1,317 @@
+//! The WebSocket transport (`GET /api/v1/ws`).
+//!
+//! The first frame must be `hello`; its token (or the session cookie, when the upgrade came from
+//! an allowed origin) is checked before a session exists. Then one task reads requests and queues
+//! each reply, and another writes whatever the session stream yields, so events keep flowing
+//! while a request waits on the store. The framing itself is in [`wire`]: natter speaks RFC 6455
+//! directly on the upgraded socket so that a batch of shared frames goes out in one `writev`.
+//!
+//! Cross-site WebSocket hijacking: browsers attach cookies to a WebSocket upgrade from any page,
+//! so the cookie counts only when the `Origin` is the server's own or in `allowed_origins`. A
+//! token in `hello` needs no such check: another site's page cannot know it.
+
+mod wire;
+
+use super::origin_allowed;
+use crate::auth;
+use crate::http::{ApiError, ServerState};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use natter_core::session::{Greeting, Session, SessionStream};
+use natter_protocol::frame::{Request as ClientRequest, ServerFrame};
+use natter_protocol::websocket::Opcode;
+use natter_protocol::{CloseCode, ErrorCode, codec};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::time::{Instant, timeout, timeout_at};
+use wire::{Incoming, ReadError, Reader, Writer};
+
+/// How long the server waits for its close frame to be written before dropping the socket.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+type Io = TokioIo<hyper::upgrade::Upgraded>;
+type SharedWriter = Arc<tokio::sync::Mutex<Writer<WriteHalf<Io>>>>;
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|part| part.trim().eq_ignore_ascii_case(token))
+}
+
+/// # `GET /api/v1/ws`
+/// - Upgrades to a WebSocket speaking the protocol of `docs/protocol.md` (RFC 6455, version 13).
+/// - A request that is not a WebSocket handshake gets 400 `bad_frame`.
+/// - Messages above `max_frame_bytes` close the connection with 1009.
+pub async fn upgrade(State(state): State<ServerState>, mut request: Request) -> Response {
+    let headers = request.headers();
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let is_handshake = header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13");
+    let (true, Some(key)) = (is_handshake, key) else {
+        return ApiError::new(
+            ErrorCode::BadFrame,
+            "expected a WebSocket handshake (version 13)",
+        )
+        .into_response();
+    };
+    let cookie_token = if origin_allowed(headers, &state.config.settings.allowed_origins) {
+        auth::cookie_token(headers)
+    } else {
+        None
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve(TokioIo::new(upgraded), state, cookie_token).await,
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+    });
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// The socket before `hello`: one task, both directions.
+struct Handshaking {
+    reader: Reader<ReadHalf<Io>>,
+    writer: Writer<WriteHalf<Io>>,
+}
+
+impl Handshaking {
+    async fn close(&mut self, code: CloseCode) {
+        let _ = timeout(CLOSE_GRACE, self.writer.close(code)).await;
+    }
+
+    /// Sends a frame before the auth deadline; false if the client did not take it in time.
+    async fn reply_by(&mut self, deadline: Instant, frame: ServerFrame) -> bool {
+        let text: Arc<str> = Arc::from(codec::encode(&frame));
+        timeout_at(deadline, self.writer.write_text(&[text]))
+            .await
+            .is_ok_and(|sent| sent.is_ok())
+    }
+}
+
+/// What `hello` established.
+struct Hello {
+    session: Session,
+    stream: SessionStream,
+}
+
+/// Reads frames until a valid `hello`. Returns `None` when the connection is over. Everything,
+/// the replies to a client that does not read included, happens before the auth deadline.
+async fn await_hello(
+    socket: &mut Handshaking,
+    state: &ServerState,
+    cookie_token: Option<String>,
+) -> Option<Hello> {
+    let deadline = Instant::now() + state.app.limits.auth_timeout();
+    loop {
+        let body = match timeout_at(deadline, socket.reader.next()).await {
+            Err(_elapsed) => {
+                socket.close(CloseCode::AuthTimeout).await;
+                return None;
+            }
+            Ok(Ok(Incoming::Text(body))) => body,
+            Ok(Ok(Incoming::Binary)) => {
+                socket.close(CloseCode::Unsupported).await;
+                return None;
+            }
+            Ok(Ok(Incoming::Ping(payload))) => {
+                let pong = socket.writer.write_control(Opcode::Pong, &payload);
+                if !matches!(timeout_at(deadline, pong).await, Ok(Ok(()))) {
+                    return None;
+                }
+                continue;
+            }
+            Ok(Ok(Incoming::Pong)) => continue,
+            Ok(Ok(Incoming::Close) | Err(ReadError::Io)) => return None,
+            Ok(Err(ReadError::Close(code))) => {
+                socket.close(code).await;
+                return None;
+            }
+        };
+        let frame = match codec::decode_client_frame(&body) {
+            Ok(frame) => frame,
+            Err(error) => {
+                if !socket.reply_by(deadline, error.into_frame()).await {
+                    return None;
+                }
+                continue;
+            }
+        };
+        let ClientRequest::Hello { token, resume } = frame.request else {
+            let refusal = ServerFrame::error(
+                Some(frame.id),
+                ErrorCode::NotAuthenticated,
+                "send `hello` first",
+            );
+            if !socket.reply_by(deadline, refusal).await {
+                return None;
+            }
+            continue;
+        };
+        let reject = |code, message: &str| ServerFrame::error(Some(frame.id), code, message);
+        let Some(token) = token.or_else(|| cookie_token.clone()) else {
+            socket
+                .reply_by(deadline, reject(ErrorCode::AuthFailed, "no token given"))
+                .await;
+            socket.close(CloseCode::AuthFailed).await;
+            return None;
+        };
+        let (user, token_id) = match auth::authenticate(state, &token).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                let refusal = reject(ErrorCode::AuthFailed, "unknown, expired or revoked token");
+                socket.reply_by(deadline, refusal).await;
+                socket.close(CloseCode::AuthFailed).await;
+                return None;
+            }
+            Err(_) => {
+                let reply = reject(
+                    ErrorCode::Unavailable,
+                    "storage is unavailable; reconnect later",
+                );
+                socket.reply_by(deadline, reply).await;
+                socket.close(CloseCode::TryAgainLater).await;
+                return None;
+            }
+        };
+        let user_id = user.info.id;
+        match Session::start(
+            state.app.clone(),
+            user,
+            token_id,
+            Greeting::Welcome(frame.id),
+            resume,
+        )
+        .await
+        {
+            Ok((session, stream)) => {
+                // A logout between the token check and the session's registration in the hub
+                // would miss this session: check once more now that it is registered.
+                if !matches!(auth::authenticate(state, &token).await, Ok(Some(_))) {
+                    drop(session);
+                    socket.close(CloseCode::Revoked).await;
+                    return None;
+                }
+                tracing::debug!(%user_id, "session started");
+                return Some(Hello { session, stream });
+            }
+            Err(error) => {
+                socket
+                    .reply_by(deadline, reject(error.code, &error.message))
+                    .await;
+                socket.close(CloseCode::TryAgainLater).await;
+                return None;
+            }
+        }
+    }
+}
+
+async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
+    let (read, write) = tokio::io::split(io);
+    let mut socket = Handshaking {
+        reader: Reader::new(read, state.app.limits.max_frame_bytes),
+        writer: Writer::new(write),
+    };
+    let Some(Hello {
+        mut session,
+        stream,
+    }) = Box::pin(await_hello(&mut socket, &state, cookie_token)).await
+    else {
+        return;
+    };
+    let Handshaking { mut reader, writer } = socket;
+    let heartbeat_timeout = state.app.limits.heartbeat_timeout();
+    let writer: SharedWriter = Arc::new(tokio::sync::Mutex::new(writer));
+    let mut writing = tokio::spawn(write_frames(writer.clone(), stream, heartbeat_timeout));
+    loop {
+        tokio::select! {
+            // The writer ends when the session is closed (slow consumer, revoked, shutdown):
+            // it has sent the close frame; stop reading.
+            _ = &mut writing => return,
+            next = timeout(heartbeat_timeout, reader.next()) => match next {
+                Err(_elapsed) => {
+                    session.close(CloseCode::HeartbeatTimeout);
+                    break;
+                }
+                Ok(Ok(Incoming::Text(body))) => {
+                    // Boxed: the request's future is large and lives only while it runs, so an
+                    // idle connection does not carry its space.
+                    let reply = match codec::decode_client_frame(&body) {
+                        Ok(frame) => Box::pin(session.handle(frame)).await,
+                        Err(error) => error.into_frame(),
+                    };
+                    session.queue(&reply);
+                }
+                Ok(Ok(Incoming::Ping(payload))) => {
+                    let mut writer = writer.lock().await;
+                    let pong = writer.write_control(Opcode::Pong, &payload);
+                    if !matches!(timeout(heartbeat_timeout, pong).await, Ok(Ok(()))) {
+                        break;
+                    }
+                }
+                Ok(Ok(Incoming::Pong)) => {}
+                Ok(Ok(Incoming::Binary)) => {
+                    session.close(CloseCode::Unsupported);
+                    break;
+                }
+                Ok(Err(ReadError::Close(code))) => {
+                    session.close(code);
+                    break;
+                }
+                Ok(Ok(Incoming::Close) | Err(ReadError::Io)) => {
+                    writing.abort();
+                    return;
+                }
+            }
+        }
+    }
+    // We closed the session: give the writer a moment to send the close frame.
+    if timeout(CLOSE_GRACE, &mut writing).await.is_err() {
+        writing.abort();
+    }
+}
+
+/// Writes the stream's frames; everything ready goes out in one batch.
+///
+/// A client that takes nothing for `write_timeout` is dropped: the writer ends, and with it the
+/// reader, so a closed session (logout, slow consumer) cannot linger behind a full socket.
+async fn write_frames(writer: SharedWriter, mut stream: SessionStream, write_timeout: Duration) {
+    let mut frames = Vec::new();
+    loop {
+        let next = stream.next(&mut frames).await;
+        let mut writer = writer.lock().await;
+        match next {
+            Ok(()) => {
+                let written = timeout(write_timeout, writer.write_text(&frames)).await;
+                frames.clear();
+                if frames.capacity() > 64 {
+                    frames = Vec::new();
+                }
+                if !matches!(written, Ok(Ok(()))) {
+                    return;
+                }
+            }
+            Err(code) => {
+                let _ = timeout(CLOSE_GRACE, writer.close(code)).await;
+                return;
+            }
+        }
+    }
+}
