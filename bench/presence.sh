@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${1:-18190}"
-cargo build --release --locked --bin natter -p natter-bench
+cargo build --release --locked -p natter-server -p natter-bench
 data="$(mktemp -d)"
 target/release/natter serve --listen "127.0.0.1:$port" --data-dir "$data" --log warn &
 pid=$!

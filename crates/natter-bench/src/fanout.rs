@@ -1,127 +1,133 @@
-//! The `idle` and `fanout` scenarios.
+//! The `idle`, `fanout` and `max` scenarios, against natter or the Socket.IO baseline.
 //!
-//! - `idle`: N authenticated connections, each in a room, held for T seconds; the server's
-//!   resident memory per connection (RSS after minus RSS before, over N).
-//! - `fanout`: R rooms × M member connections; one sender per room sends at a fixed total rate
-//!   without waiting for acks (each body carries its send time); every member connection counts
-//!   what arrives. Reported: deliveries per second, end-to-end latency percentiles, server CPU
-//!   time per delivery, and lost = expected − received after a drain.
+//! - `idle`: N connections, each joined to a room, held for T seconds; the server's resident
+//!   memory per connection (RSS after minus RSS before, over N).
+//! - `fanout`: R rooms × M member connections; S senders per room send at a fixed total rate
+//!   without waiting for acks (each body carries its send time); every member connection records
+//!   the latency of what arrives in an HDR histogram. Reported: deliveries per second (over the
+//!   time deliveries took), latency percentiles, server CPU time per delivery, and lost =
+//!   expected − received after a drain.
+//! - `max`: the fan-out at rising rates, on the same connections, until p99 passes the bound or
+//!   a message is lost; reports the last rate that passed.
 //!
-//! Members of a room are several sessions of one user, so setting up thousands of connections
-//! does not mean hashing thousands of passwords.
+//! On natter, the members of a room are sessions of one user, so setting up thousands of
+//! connections does not mean hashing thousands of passwords.
 
 use crate::conn::{self, Error};
 use crate::server;
-use futures_util::{SinkExt, StreamExt};
-use std::sync::Arc;
+use crate::target::{self, Room, Target, TargetArgs};
+use crate::wire::{Flow, FrameWriter};
+use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(clap::Args)]
 pub struct IdleArgs {
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    #[command(flatten)]
+    target: TargetArgs,
     /// Connections to hold.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
     /// How long to hold them.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    #[arg(long)]
-    server_pid: Option<u32>,
-    #[arg(long)]
-    prefix: Option<String>,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
 }
 
 #[derive(clap::Args)]
 pub struct FanoutArgs {
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    #[command(flatten)]
+    target: TargetArgs,
     #[arg(long, default_value_t = 10)]
     rooms: usize,
     /// Member connections per room.
     #[arg(long, default_value_t = 100)]
     members: usize,
+    /// Sender connections per room; natter answers one connection's requests in order, so more
+    /// senders let more sends share a commit.
+    #[arg(long, default_value_t = 4)]
+    senders: usize,
     /// Messages per second, all rooms together.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    #[arg(long)]
-    server_pid: Option<u32>,
-    #[arg(long)]
-    prefix: Option<String>,
 }
 
-/// Creates a public room as `owner` and returns its id.
-async fn create_room(url: &str, token: &str, name: &str) -> Result<u64, Error> {
-    let (mut sink, mut stream) = conn::connect(url, token).await?;
-    let reply = conn::request(
-        &mut sink,
-        &mut stream,
-        1,
-        &format!(r#""type":"create_room","name":"{name}","visibility":"public""#),
-    )
-    .await?;
-    let _ = sink.close().await;
-    reply
-        .find(r#""room":{"id":"#)
-        .and_then(|at| conn::number_after(&reply[at + 8..], "id"))
-        .ok_or_else(|| "no room id in the reply".into())
-}
-
-async fn join_room(url: &str, token: &str, room: u64) -> Result<(), Error> {
-    let (mut sink, mut stream) = conn::connect(url, token).await?;
-    conn::request(
-        &mut sink,
-        &mut stream,
-        1,
-        &format!(r#""type":"join","room_id":{room}"#),
-    )
-    .await?;
-    let _ = sink.close().await;
-    Ok(())
+#[derive(clap::Args)]
+pub struct MaxArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Each step multiplies the rate by this.
+    #[arg(long, default_value_t = 1.5)]
+    step: f64,
+    /// The latency bound a step must keep (p99, milliseconds).
+    #[arg(long, default_value_t = 50.0)]
+    p99_ms: f64,
+    /// Steps at most.
+    #[arg(long, default_value_t = 12)]
+    max_steps: usize,
 }
 
 pub async fn idle(args: IdleArgs) -> Result<(), Error> {
-    let prefix = conn::run_prefix(&args.prefix, "i");
-    let tokens = conn::register_users(&args.url, &prefix, 1).await?;
-    create_room(&args.url, &tokens[0], &format!("{prefix}idle")).await?;
+    let target = Arc::new(Target::new(&args.target)?);
+    let prefix = conn::run_prefix(&args.target.prefix, "i");
+    let rooms = target.rooms(1, &prefix).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = args.server_pid.and_then(server::rss_kib);
+    let before = args.target.server_pid.and_then(server::rss_kib);
     let started = Instant::now();
-    let mut held = Vec::with_capacity(args.connections);
-    for n in 0..args.connections {
-        held.push(conn::connect(&args.url, &tokens[0]).await?);
-        if (n + 1) % 1000 == 0 {
-            eprintln!("  {} connected", n + 1);
+    let opened = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut holders = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let (target, room, gate, opened) = (
+            target.clone(),
+            rooms[0].clone(),
+            gate.clone(),
+            opened.clone(),
+        );
+        holders.push(tokio::spawn(async move {
+            let (mut reader, mut writer) = {
+                let _permit = gate.acquire().await;
+                target.member(&room).await?
+            };
+            let n = opened.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % 2000 == 0 {
+                eprintln!("  {n} connected");
+            }
+            // Read (and so answer pings) while holding.
+            target::hold(&mut reader, &mut writer).await;
+            Ok::<(), Error>(())
+        }));
+    }
+    while (opened.load(Ordering::Relaxed) as usize) < args.connections {
+        if holders.iter().any(|h| h.is_finished()) {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let connect_secs = started.elapsed().as_secs_f64();
-    // Read (and so answer pings) while holding; the server's heartbeats arrive every 25 s.
-    let readers: Vec<_> = held
-        .into_iter()
-        .map(|(sink, mut stream)| {
-            tokio::spawn(async move {
-                let _sink = sink;
-                while stream.next().await.is_some() {}
-            })
-        })
-        .collect();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let after = args.server_pid.and_then(server::rss_kib);
+    let held = holders.iter().filter(|h| !h.is_finished()).count();
+    let after = args.target.server_pid.and_then(server::rss_kib);
+    for holder in &holders {
+        holder.abort();
+    }
+    if held < args.connections {
+        return Err(format!("only {held} of {} connections were held", args.connections).into());
+    }
     let per_connection = match (before, after) {
         (Some(before), Some(after)) => {
             Some((after.saturating_sub(before)) as f64 / args.connections as f64)
         }
         _ => None,
     };
-    for reader in readers {
-        reader.abort();
-    }
     println!(
-        "idle: {} connections opened in {connect_secs:.1} s, held {} s; server RSS {} KiB → {} KiB: {} KiB per connection",
+        "idle ({:?}): {} connections opened in {connect_secs:.1} s, held {} s; server RSS {} KiB → {} KiB: {} KiB per connection",
+        target.kind,
         args.connections,
         args.seconds,
         before.map_or("?".into(), |v| v.to_string()),
@@ -132,6 +138,7 @@ pub async fn idle(args: IdleArgs) -> Result<(), Error> {
         "{}",
         serde_json::json!({
             "scenario": "idle",
+            "server": format!("{:?}", target.kind).to_lowercase(),
             "connections": args.connections,
             "seconds": args.seconds,
             "connect_seconds": connect_secs,
@@ -143,154 +150,305 @@ pub async fn idle(args: IdleArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// Microseconds since the run's epoch: what bodies carry and receivers compare against.
 fn micros_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
 }
 
-pub async fn fanout(args: FanoutArgs) -> Result<(), Error> {
-    let prefix = conn::run_prefix(&args.prefix, "f");
-    eprintln!("fanout: {} rooms × {} members", args.rooms, args.members);
-    // Per room: an owner who sends, and a member user whose sessions receive.
-    let tokens = conn::register_users(&args.url, &prefix, args.rooms * 2).await?;
-    let mut rooms = Vec::with_capacity(args.rooms);
-    for r in 0..args.rooms {
-        let room = create_room(&args.url, &tokens[2 * r], &format!("{prefix}room{r}")).await?;
-        join_room(&args.url, &tokens[2 * r + 1], room).await?;
-        rooms.push(room);
+/// The connections of a fan-out run, set up once and driven at one rate per step.
+struct Fanout {
+    target: Arc<Target>,
+    prefix: String,
+    rooms: Vec<Room>,
+    members: usize,
+    epoch: Instant,
+    received: Arc<AtomicU64>,
+    /// When the last delivery arrived (µs since `epoch`).
+    last_at: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Histogram<u64>>>,
+    senders: Vec<(usize, FrameWriter)>,
+    acked: Arc<AtomicU64>,
+    next_message: u64,
+    server_pid: Option<u32>,
+}
+
+/// What one rate step measured.
+struct Step {
+    rate: f64,
+    messages: u64,
+    expected: u64,
+    received: u64,
+    seconds: f64,
+    deliveries_per_s: f64,
+    latency_ms: [f64; 4],
+    cpu_us_per_delivery: Option<f64>,
+}
+
+impl Step {
+    fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
     }
-    let epoch = Instant::now();
-    let received = Arc::new(AtomicU64::new(0));
-    // One sample list per reader: uncontended locks, read once at the end.
-    let mut samples: Vec<Arc<std::sync::Mutex<Vec<u64>>>> = Vec::new();
-    let mut readers = Vec::new();
-    for r in 0..args.rooms {
-        for _ in 0..args.members {
-            let (sink, mut stream) = conn::connect(&args.url, &tokens[2 * r + 1]).await?;
-            let mine = Arc::new(std::sync::Mutex::new(Vec::new()));
-            samples.push(mine.clone());
-            let received = received.clone();
-            readers.push(tokio::spawn(async move {
-                let _sink = sink;
-                while let Some(Ok(message)) = stream.next().await {
-                    let Message::Text(text) = message else {
-                        continue;
-                    };
-                    if !text.starts_with(r#"{"type":"event""#) {
-                        continue;
-                    }
-                    if let Some(at) = text.find(r#""body":"t"#) {
-                        let sent: String = text[at + 9..]
-                            .chars()
-                            .take_while(char::is_ascii_digit)
-                            .collect();
-                        if let Ok(sent) = sent.parse::<u64>() {
-                            let latency = micros_since(epoch).saturating_sub(sent);
-                            if let Ok(mut mine) = mine.lock() {
-                                mine.push(latency);
-                            }
-                            received.fetch_add(1, Ordering::Relaxed);
+
+    fn json(&self, fanout: &Fanout) -> serde_json::Value {
+        let [p50, p99, p999, max] = self.latency_ms;
+        serde_json::json!({
+            "server": format!("{:?}", fanout.target.kind).to_lowercase(),
+            "rooms": fanout.rooms.len(),
+            "members": fanout.members,
+            "rate": self.rate,
+            "messages": self.messages,
+            "expected": self.expected,
+            "received": self.received,
+            "lost": self.lost(),
+            "seconds": self.seconds,
+            "deliveries_per_s": self.deliveries_per_s,
+            "latency_ms": { "p50": p50, "p99": p99, "p999": p999, "max": max },
+            "server_cpu_us_per_delivery": self.cpu_us_per_delivery,
+        })
+    }
+
+    fn print(&self) {
+        let [p50, p99, p999, max] = self.latency_ms;
+        println!(
+            "  {:.0} msg/s: {}/{} delivered, {:.0} deliveries/s, lost {}; latency ms p50 {p50:.2} p99 {p99:.2} p99.9 {p999:.2} max {max:.2}; server CPU per delivery {} µs",
+            self.rate,
+            self.received,
+            self.expected,
+            self.deliveries_per_s,
+            self.lost(),
+            self.cpu_us_per_delivery
+                .map_or("?".into(), |v| format!("{v:.2}"))
+        );
+    }
+}
+
+impl Fanout {
+    async fn setup(args: &FanoutArgs) -> Result<Fanout, Error> {
+        let target = Arc::new(Target::new(&args.target)?);
+        let prefix = conn::run_prefix(&args.target.prefix, "f");
+        eprintln!(
+            "fanout ({:?}): {} rooms × {} members, {} senders per room",
+            target.kind, args.rooms, args.members, args.senders
+        );
+        let rooms = target.rooms(args.rooms, &prefix).await?;
+        let epoch = Instant::now();
+        let received = Arc::new(AtomicU64::new(0));
+        let last_at = Arc::new(AtomicU64::new(0));
+        // 1 µs to 100 s at 3 significant figures; one histogram for every receiver (the load
+        // runs on one core, so the lock is never contended).
+        let latencies = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 100_000_000, 3)?));
+        for room in &rooms {
+            for _ in 0..args.members {
+                let (mut reader, mut writer) = target.member(room).await?;
+                let (received, last_at, latencies) =
+                    (received.clone(), last_at.clone(), latencies.clone());
+                tokio::spawn(async move {
+                    let mut ping = false;
+                    loop {
+                        let open = reader
+                            .each_text(|frame| {
+                                if let Some(sent) = target::sent_at(frame) {
+                                    let now = micros_since(epoch);
+                                    if let Ok(mut h) = latencies.lock() {
+                                        let _ = h.record(now.saturating_sub(sent).max(1));
+                                    }
+                                    received.fetch_add(1, Ordering::Relaxed);
+                                    last_at.fetch_max(now, Ordering::Relaxed);
+                                } else if frame == b"2" {
+                                    ping = true;
+                                    return Flow::Stop;
+                                }
+                                Flow::Continue
+                            })
+                            .await;
+                        if !matches!(open, Ok(true)) {
+                            return;
+                        }
+                        if std::mem::take(&mut ping)
+                            && target::keep_alive(&mut writer, b"2").await.is_err()
+                        {
+                            return;
                         }
                     }
-                }
-            }));
+                });
+            }
         }
-    }
-    eprintln!(
-        "fanout: {} member connections up; sending {} msg/s for {} s",
-        readers.len(),
-        args.rate,
-        args.seconds
-    );
-    let mut senders = Vec::new();
-    for r in 0..args.rooms {
-        senders.push(conn::connect(&args.url, &tokens[2 * r]).await?);
-    }
-    // Sender connections must read their acks too, or their queues fill.
-    let mut sender_sinks = Vec::new();
-    for (sink, mut stream) in senders {
-        tokio::spawn(async move { while stream.next().await.is_some() {} });
-        sender_sinks.push(sink);
-    }
-    let cpu_before = args.server_pid.and_then(server::cpu_time);
-    let total = (args.rate * args.seconds as f64).round() as u64;
-    let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
-    let started = Instant::now();
-    for n in 0..total {
-        let r = n as usize % args.rooms;
-        let frame = format!(
-            r#"{{"id":{},"type":"send","room_id":{},"client_msg_id":"{prefix}{n}","body":"t{}"}}"#,
-            n + 10,
-            rooms[r],
-            micros_since(epoch)
+        let acked = Arc::new(AtomicU64::new(0));
+        let mut senders = Vec::new();
+        for (r, room) in rooms.iter().enumerate() {
+            for _ in 0..args.senders.max(1) {
+                let (mut reader, writer) = target.sender(room).await?;
+                let (target, acked) = (target.clone(), acked.clone());
+                // Senders read their acks (and, on Socket.IO, their own echo) so queues drain.
+                tokio::spawn(async move {
+                    let _ = reader
+                        .each_text(|frame| {
+                            if target.is_ack(frame) {
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Flow::Continue
+                        })
+                        .await;
+                });
+                senders.push((r, writer));
+            }
+        }
+        eprintln!(
+            "fanout: {} member and {} sender connections up",
+            rooms.len() * args.members,
+            senders.len()
         );
-        sender_sinks[r].send(Message::Text(frame.into())).await?;
-        tokio::time::sleep_until((started + interval * (n as u32 + 1)).into()).await;
+        Ok(Fanout {
+            target,
+            prefix,
+            rooms,
+            members: args.members,
+            epoch,
+            received,
+            last_at,
+            latencies,
+            senders,
+            acked,
+            next_message: 0,
+            server_pid: args.target.server_pid,
+        })
     }
-    let send_secs = started.elapsed().as_secs_f64();
-    let expected = total * args.members as u64;
-    // Drain: wait until everything arrived or nothing more comes for two seconds.
-    let mut last = received.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = received.load(Ordering::Relaxed);
-        if now >= expected || now == last {
+
+    /// Sends at `rate` for `seconds`, waits for the deliveries to drain, and measures.
+    async fn step(&mut self, rate: f64, seconds: u64) -> Result<Step, Error> {
+        if let Ok(mut h) = self.latencies.lock() {
+            h.reset();
+        }
+        let received_before = self.received.load(Ordering::Relaxed);
+        let cpu_before = self.server_pid.and_then(server::cpu_time);
+        let total = (rate * seconds as f64).round() as u64;
+        let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
+        let started = Instant::now();
+        let started_us = micros_since(self.epoch);
+        let progress_every = (total / 10).max(1);
+        for i in 0..total {
+            let n = self.next_message;
+            self.next_message += 1;
+            let which = n as usize % self.senders.len();
+            let (room, writer) = &mut self.senders[which];
+            let frame = self.target.send_frame(
+                &self.rooms[*room],
+                n,
+                &self.prefix,
+                micros_since(self.epoch),
+            );
+            writer.send_text(&frame).await?;
+            if (i + 1) % progress_every == 0 {
+                eprint!(
+                    "\r  {rate:.0} msg/s: sent {}/{total}, delivered {}   ",
+                    i + 1,
+                    self.received.load(Ordering::Relaxed) - received_before
+                );
+            }
+            tokio::time::sleep_until((started + interval * (i as u32 + 1)).into()).await;
+        }
+        eprintln!();
+        let expected = total * self.members as u64;
+        // Drain: until everything arrived, or nothing more came for two seconds.
+        let mut last = self.received.load(Ordering::Relaxed);
+        for _ in 0..600 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.received.load(Ordering::Relaxed);
+            if now - received_before >= expected {
+                break;
+            }
+            if now == last
+                && self.last_at.load(Ordering::Relaxed) + 2_000_000 < micros_since(self.epoch)
+            {
+                break;
+            }
+            last = now;
+        }
+        let cpu_after = self.server_pid.and_then(server::cpu_time);
+        let got = self.received.load(Ordering::Relaxed) - received_before;
+        let window_us = self
+            .last_at
+            .load(Ordering::Relaxed)
+            .saturating_sub(started_us)
+            .max(1);
+        let (p50, p99, p999, max) = match self.latencies.lock() {
+            Ok(h) => (
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+            ),
+            Err(_) => (0, 0, 0, 0),
+        };
+        let ms = |us: u64| us as f64 / 1000.0;
+        let cpu_us_per_delivery = match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if got > 0 => {
+                Some(a.saturating_sub(b).as_secs_f64() * 1e6 / got as f64)
+            }
+            _ => None,
+        };
+        Ok(Step {
+            rate,
+            messages: total,
+            expected,
+            received: got,
+            seconds: started.elapsed().as_secs_f64(),
+            deliveries_per_s: got as f64 * 1e6 / window_us as f64,
+            latency_ms: [ms(p50), ms(p99), ms(p999), ms(max)],
+            cpu_us_per_delivery,
+        })
+    }
+}
+
+pub async fn fanout(args: FanoutArgs) -> Result<(), Error> {
+    let mut run = Fanout::setup(&args).await?;
+    let step = run.step(args.rate, args.seconds).await?;
+    step.print();
+    let mut json = step.json(&run);
+    json["scenario"] = "fanout".into();
+    json["acked"] = run.acked.load(Ordering::Relaxed).into();
+    println!("{json}");
+    Ok(())
+}
+
+pub async fn max(args: MaxArgs) -> Result<(), Error> {
+    let mut run = Fanout::setup(&args.fanout).await?;
+    let mut rate = args.fanout.rate;
+    let mut best: Option<Step> = None;
+    let mut steps = Vec::new();
+    for _ in 0..args.max_steps {
+        let step = run.step(rate, args.fanout.seconds).await?;
+        step.print();
+        steps.push(step.json(&run));
+        let passed = step.latency_ms[1] <= args.p99_ms && step.lost() == 0;
+        if !passed {
             break;
         }
-        last = now;
+        best = Some(step);
+        rate *= args.step;
+        // Let queues settle between steps.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let cpu_after = args.server_pid.and_then(server::cpu_time);
-    for reader in &readers {
-        reader.abort();
+    match &best {
+        Some(best) => println!(
+            "max ({:?}): {:.0} deliveries/s at p99 {:.2} ms (≤ {} ms), server CPU per delivery {} µs",
+            run.target.kind,
+            best.deliveries_per_s,
+            best.latency_ms[1],
+            args.p99_ms,
+            best.cpu_us_per_delivery
+                .map_or("?".into(), |v| format!("{v:.2}"))
+        ),
+        None => println!("max: even the first rate missed p99 ≤ {} ms", args.p99_ms),
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let got = received.load(Ordering::Relaxed);
-    let mut all: Vec<u64> = samples
-        .iter()
-        .flat_map(|mine| mine.lock().map(|m| m.clone()).unwrap_or_default())
-        .collect();
-    all.sort_unstable();
-    let pick = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-    };
-    let ms = |v: Option<u64>| v.map(|us| us as f64 / 1000.0);
-    let cpu = match (cpu_before, cpu_after) {
-        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-        _ => None,
-    };
-    let cpu_us_per_delivery = cpu
-        .filter(|_| got > 0)
-        .map(|c| c.as_secs_f64() * 1e6 / got as f64);
-    println!(
-        "fanout: {} rooms × {} members, {total} messages in {send_secs:.1} s: {got}/{expected} deliveries ({:.0}/s), lost {}",
-        args.rooms,
-        args.members,
-        got as f64 / send_secs,
-        expected.saturating_sub(got)
-    );
-    println!(
-        "  latency ms: p50 {:?} p99 {:?} p99.9 {:?} max {:?}; server CPU per delivery {:?} µs",
-        ms(pick(0.5)),
-        ms(pick(0.99)),
-        ms(pick(0.999)),
-        ms(all.last().copied()),
-        cpu_us_per_delivery.map(|v| (v * 100.0).round() / 100.0)
-    );
     println!(
         "{}",
         serde_json::json!({
-            "scenario": "fanout",
-            "rooms": args.rooms,
-            "members": args.members,
-            "rate": args.rate,
-            "messages": total,
-            "expected": expected,
-            "received": got,
-            "lost": expected.saturating_sub(got),
-            "deliveries_per_s": got as f64 / send_secs,
-            "latency_ms": { "p50": ms(pick(0.5)), "p99": ms(pick(0.99)), "p999": ms(pick(0.999)), "max": ms(all.last().copied()) },
-            "server_cpu_s": cpu.map(|c| c.as_secs_f64()),
-            "server_cpu_us_per_delivery": cpu_us_per_delivery,
+            "scenario": "max",
+            "server": format!("{:?}", run.target.kind).to_lowercase(),
+            "p99_bound_ms": args.p99_ms,
+            "max_deliveries_per_s": best.as_ref().map(|b| b.deliveries_per_s),
+            "steps": steps,
         })
     );
     Ok(())

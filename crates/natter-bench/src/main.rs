@@ -8,13 +8,20 @@
 //! - `idle`: many connections held; the server's memory per connection.
 //! - `fanout`: rooms of many members and a fixed send rate; deliveries per second, latency
 //!   percentiles, server CPU per delivery, and messages lost.
+//! - `max`: the fan-out at rising rates; the highest that keeps p99 under a bound.
 //! - `durable`: acknowledged (fsync'd) sends per second and acknowledgement latency.
+//! - `storm`: every client dropped at once; time until all have resumed, and messages lost.
+//!
+//! `idle`, `fanout` and `max` also drive the Socket.IO baseline (`--server socketio`).
 
 mod conn;
 mod durable;
 mod fanout;
 mod presence;
 mod server;
+mod storm;
+mod target;
+mod wire;
 
 use clap::{Parser, Subcommand};
 
@@ -33,8 +40,12 @@ enum Scenario {
     Idle(fanout::IdleArgs),
     /// Messages fanned out to room members: throughput, latency, CPU, loss.
     Fanout(fanout::FanoutArgs),
+    /// The fan-out at rising rates until p99 passes a bound: the highest rate that keeps it.
+    Max(fanout::MaxArgs),
     /// Durable sends: acknowledgements per second and their latency.
     Durable(durable::Args),
+    /// Every client dropped at once: how long until all have resumed, and what was lost.
+    Storm(storm::Args),
 }
 
 #[tokio::main]
@@ -44,7 +55,9 @@ async fn main() -> std::process::ExitCode {
         Scenario::Presence(args) => presence::run(args).await,
         Scenario::Idle(args) => fanout::idle(args).await,
         Scenario::Fanout(args) => fanout::fanout(args).await,
+        Scenario::Max(args) => fanout::max(args).await,
         Scenario::Durable(args) => durable::run(args).await,
+        Scenario::Storm(args) => storm::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -246,8 +246,13 @@ impl SessionStream {
         if seq <= cursor.delivered || cursor.until.is_some_and(|until| seq > until) {
             return Ok(());
         }
-        cursor.held.insert(seq, held);
-        cursor.release_held(out);
+        if cursor.held.is_empty() && seq == cursor.delivered.next() {
+            // The common case, in order with nothing held: no map work per delivery.
+            cursor.deliver(seq, held.frame, held.leaves, out);
+        } else {
+            cursor.held.insert(seq, held);
+            cursor.release_held(out);
+        }
         if cursor.held.len() > MAX_HELD {
             self.schedule(room_id);
         }

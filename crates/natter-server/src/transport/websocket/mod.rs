@@ -23,7 +23,10 @@ use natter_core::session::{Greeting, Session, SessionStream};
 use natter_protocol::frame::{Request as ClientRequest, ServerFrame};
 use natter_protocol::websocket::Opcode;
 use natter_protocol::{CloseCode, ErrorCode, codec};
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -299,7 +302,15 @@ async fn write_frames(writer: SharedWriter, mut stream: SessionStream, write_tim
         let mut writer = writer.lock().await;
         match next {
             Ok(()) => {
-                let written = timeout(write_timeout, writer.write_text(&frames)).await;
+                // Most batches go straight into the socket buffer: arm the stall timer only for
+                // a write that has to wait.
+                let written = {
+                    let mut write = pin!(writer.write_text(&frames));
+                    match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                        Poll::Ready(done) => Ok(done),
+                        Poll::Pending => timeout(write_timeout, write).await,
+                    }
+                };
                 frames.clear();
                 if frames.capacity() > 64 {
                     frames = Vec::new();
