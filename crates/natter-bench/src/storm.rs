@@ -77,6 +77,8 @@ struct Shared {
     connected: AtomicUsize,
     /// Per client: µs from the drop until it had caught up.
     resumed_after: Mutex<Vec<u64>>,
+    /// Per client: the last sequence it has seen, so the end of the run can wait for everyone.
+    progress: Vec<AtomicU64>,
     /// Per client: its room and what it saw.
     tallies: Mutex<Vec<(usize, Tally)>>,
 }
@@ -104,6 +106,7 @@ async fn read_until(
 async fn client(
     shared: Arc<Shared>,
     gate: Arc<tokio::sync::Semaphore>,
+    index: usize,
     room_index: usize,
     room: Room,
 ) -> Result<(), Error> {
@@ -156,18 +159,29 @@ async fn client(
             }
         }
     };
+    shared.progress[index].store(tally.last, Ordering::Relaxed);
     record(&tally);
     let mut stop = shared.stop.clone();
-    read_until(
+    let stayed = read_until(
         &mut reader,
         &mut tally,
         &room_marker,
         &mut stop,
-        &mut record,
+        |tally: &Tally| {
+            shared.progress[index].store(tally.last, Ordering::Relaxed);
+            record(tally)
+        },
     )
     .await;
     if let Ok(mut all) = shared.tallies.lock() {
         all.push((room_index, tally));
+    }
+    if !stayed {
+        return Err(format!(
+            "the server closed a resumed connection at seq {}",
+            tally.last
+        )
+        .into());
     }
     Ok(())
 }
@@ -190,6 +204,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         stop: stop_rx,
         connected: AtomicUsize::new(0),
         resumed_after: Mutex::new(Vec::with_capacity(args.clients)),
+        progress: (0..args.clients).map(|_| AtomicU64::new(0)).collect(),
         tallies: Mutex::new(Vec::with_capacity(args.clients)),
     });
     let gate = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
@@ -199,6 +214,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         clients.push(tokio::spawn(client(
             shared.clone(),
             gate.clone(),
+            n,
             room_index,
             rooms[room_index].clone(),
         )));
@@ -244,9 +260,6 @@ pub async fn run(args: Args) -> Result<(), Error> {
             let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
             let started = Instant::now();
             for n in 0u64..100_000_000 {
-                if *shared.stop.borrow() {
-                    break;
-                }
                 let r = n as usize % rooms.len();
                 let frame = shared.target.send_frame(&rooms[r], n, &prefix, 0);
                 if writers[r].send_text(&frame).await.is_err() {
@@ -278,18 +291,35 @@ pub async fn run(args: Args) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!();
-    // Let the last messages arrive, then stop everyone and compare with each room's end.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = stop_tx.send(true);
-    let _ = sending.await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Stop sending, let the last acks and deliveries arrive, then stop the clients and compare
+    // what each saw with its room's last acknowledged message.
+    sending.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let final_seq: Vec<u64> = last_acked
         .iter()
         .map(|s| s.load(Ordering::Relaxed))
         .collect();
+    let behind = || {
+        (0..args.clients)
+            .filter(|n| {
+                shared.progress[*n].load(Ordering::Relaxed) < final_seq[n % final_seq.len()]
+            })
+            .count()
+    };
+    for _ in 0..(args.deadline * 10) {
+        if behind() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
     let mut failed = 0;
     for client in clients {
-        if !matches!(client.await, Ok(Ok(()))) {
+        let outcome = client.await;
+        if !matches!(outcome, Ok(Ok(()))) {
+            if failed == 0 {
+                eprintln!("storm: first client error: {outcome:?}");
+            }
             failed += 1;
         }
     }
@@ -306,6 +336,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .map(|(room, t)| t.lost + final_seq[*room].saturating_sub(t.last))
         .sum();
     let duplicates: u64 = tallies.iter().map(|(_, t)| t.duplicates).sum();
+    let gaps: u64 = tallies.iter().map(|(_, t)| t.lost).sum();
+    eprintln!(
+        "storm: lost inside streams {gaps}, behind the end {}",
+        lost - gaps
+    );
     let pick = |q: f64| {
         resumed_after
             .get(

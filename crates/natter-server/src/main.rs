@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let listener = match bind(listen) {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("natter: cannot listen on {listen}: {error}");
@@ -53,6 +53,19 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Listens with a backlog of 4,096 (the kernel caps it at `net.core.somaxconn`): when thousands
+/// of clients reconnect at once, a short queue drops their SYNs and each waits a second or more
+/// to retry.
+fn bind(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match listen {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(4096)
 }
 
 async fn shutdown_signal() {

@@ -30,8 +30,10 @@ use tokio::sync::oneshot;
 
 /// Jobs committed together at most; bounds the latency one commit adds to the first job.
 const MAX_GROUP: usize = 512;
-/// Idle read connections kept open.
-const MAX_IDLE_READERS: usize = 8;
+/// Reads running at once, each on its own pooled connection. Reads beyond it wait for a turn
+/// rather than open a connection each: under a reconnect storm, opening (and re-preparing every
+/// statement on) thousands of connections cost more than the reads themselves.
+const MAX_READERS: usize = 8;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A write. Given the connection, it runs inside its own savepoint and returns its completion (to
@@ -44,6 +46,7 @@ pub struct SqliteStore {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    read_turns: Arc<tokio::sync::Semaphore>,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -93,6 +96,7 @@ impl SqliteStore {
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
+            read_turns: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
         })
     }
 
@@ -149,7 +153,14 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
         let path = self.path.clone();
+        let turn = self
+            .read_turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(unavailable)?;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let pooled = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let conn = match pooled {
                 Some(conn) => conn,
@@ -157,7 +168,7 @@ impl SqliteStore {
             };
             let result = f(&conn);
             let mut idle = readers.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < MAX_IDLE_READERS {
+            if idle.len() < MAX_READERS {
                 idle.push(conn);
             }
             result
