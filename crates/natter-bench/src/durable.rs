@@ -24,6 +24,12 @@ pub struct Args {
     seconds: u64,
     #[arg(long)]
     prefix: Option<String>,
+    /// Accepted for symmetry with the other scenarios (the server's CPU time is reported).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Which database the server was started with, for the record (`sqlite` or `postgres`).
+    #[arg(long, default_value = "sqlite")]
+    database: String,
 }
 
 fn frame(id: u64, room: u64, prefix: &str) -> Message {
@@ -36,6 +42,7 @@ fn frame(id: u64, room: u64, prefix: &str) -> Message {
 pub async fn run(args: Args) -> Result<(), Error> {
     let prefix = conn::run_prefix(&args.prefix, "d");
     let tokens = conn::register_users(&args.url, &prefix, args.senders).await?;
+    let cpu_before = args.server_pid.and_then(crate::server::cpu_time);
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
@@ -94,6 +101,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
         all.extend(task.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_us_per_ack = match (
+        cpu_before,
+        args.server_pid.and_then(crate::server::cpu_time),
+    ) {
+        (Some(b), Some(a)) if !all.is_empty() => {
+            Some(a.saturating_sub(b).as_secs_f64() * 1e6 / all.len() as f64)
+        }
+        _ => None,
+    };
     all.sort_unstable();
     let pick = |q: f64| {
         all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
@@ -113,6 +129,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         "{}",
         serde_json::json!({
             "scenario": "durable",
+            "database": args.database,
+            "server_cpu_us_per_ack": cpu_us_per_ack,
             "senders": args.senders,
             "in_flight": args.in_flight,
             "acknowledged": all.len(),

@@ -1,8 +1,8 @@
 //! natter's wire contract: every frame a client and a server exchange, and nothing else.
 //!
 //! This crate is the API boundary. It holds serde types and the codec only: no IO, no tokio, no
-//! server logic. A change here is a protocol change: it updates `docs/protocol.md` and the golden
-//! frames in `tests/golden.rs` in the same commit.
+//! server logic. A change here is a protocol change: it updates `docs/protocol.md` (whose transcripts
+//! `tests/docs.rs` decodes and re-encodes byte for byte) in the same commit.
 //!
 //! # Layout
 //! - [`ids`]: the identifiers that appear on the wire (`RoomId`, `RoomSeq`, `ClientMsgId`, ...).

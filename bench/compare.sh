@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# natter and the Socket.IO 4 baseline side by side (docs/benchmarks.md). Each server runs alone,
+# pinned to core 0; the load generator runs on core 1. Every JSON line natter-bench prints goes
+# to the results file; bench/plot.py draws the figures from it.
+# Usage: bench/compare.sh [RESULTS.jsonl]   (about 15 minutes)
+# Needs: Node 20 and `npm ci` in $SOCKETIO_DIR (default ../shared/bench/socketio); PostgreSQL on
+# 127.0.0.1:5432 (user root, database test) for the PostgreSQL durable run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-bench/results/$(date +%F).jsonl}"
+sio_dir="${SOCKETIO_DIR:-../shared/bench/socketio}"
+pg_url="${NATTER_BENCH_PG:-postgres://root@127.0.0.1:5432/test}"
+cargo build --release --locked -p natter-server -p natter-bench
+[ -d "$sio_dir/node_modules" ] || (cd "$sio_dir" && npm ci)
+ulimit -n 20000
+work="$(mktemp -d)"
+pid=""
+stop_server() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi; }
+trap 'stop_server; rm -rf "$work"' EXIT
+# The load comes from a few connections sending as fast as a scenario asks: lift the per-connection
+# request budget, and give fast rooms a deep outbox.
+cat > "$work/natter.toml" <<'TOML'
+[limits]
+rate_per_sec = 100000.0
+rate_burst = 100000.0
+outbox_capacity = 8192
+TOML
+
+wait_for() { for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; }
+start_natter() { # [extra serve args]
+    stop_server
+    rm -rf "$work/data"
+    taskset -c 0 target/release/natter serve --listen 127.0.0.1:18094 --data-dir "$work/data" \
+        --config "$work/natter.toml" --log warn "$@" &
+    pid=$!
+    wait_for http://127.0.0.1:18094/healthz
+    url=http://127.0.0.1:18094
+}
+start_socketio() {
+    stop_server
+    taskset -c 0 node "$sio_dir/server.js" --port 3100 >/dev/null &
+    pid=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/3100) 2>/dev/null && break; sleep 0.1; done
+    url=http://127.0.0.1:3100
+}
+run() { # scenario args…
+    echo "== natter-bench $*" >&2
+    taskset -c 1 target/release/natter-bench "$@" --url "$url" --server-pid "$pid" | tee /dev/stderr | grep '^{' >> "$out"
+}
+
+for server in natter socketio; do
+    for connections in 2000 7000 15000; do
+        "start_$server"
+        run idle --server "$server" --connections "$connections" --seconds 5
+    done
+    for rate in 100 300 600; do
+        "start_$server"
+        run fanout --server "$server" --rate "$rate" --seconds 10
+    done
+    "start_$server"
+    run max --server "$server" --rate 200 --step 1.5 --seconds 5
+done
+
+start_natter
+run durable --database sqlite
+run storm --clients 15000
+start_natter --database-url "$pg_url"
+run durable --database postgres
+stop_server
+echo "results: $out" >&2
