@@ -17,21 +17,13 @@ work="$(mktemp -d)"
 pid=""
 stop_server() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi; }
 trap 'stop_server; rm -rf "$work"' EXIT
-# The load comes from a few connections sending as fast as a scenario asks: lift the per-connection
-# request budget, and give fast rooms a deep outbox.
-cat > "$work/natter.toml" <<'TOML'
-[limits]
-rate_per_sec = 100000.0
-rate_burst = 100000.0
-outbox_capacity = 8192
-TOML
 
 wait_for() { for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; }
 start_natter() { # [extra serve args]
     stop_server
     rm -rf "$work/data"
     taskset -c 0 target/release/natter serve --listen 127.0.0.1:18094 --data-dir "$work/data" \
-        --config "$work/natter.toml" --log warn "$@" &
+        --config bench/natter.toml --log warn "$@" &
     pid=$!
     wait_for http://127.0.0.1:18094/healthz
     url=http://127.0.0.1:18094

@@ -128,6 +128,13 @@ pub trait Store: Send + Sync + 'static {
     /// Finishes every write already accepted, then refuses new ones (at shutdown).
     fn close(&self) {}
 
+    /// True when writes take effect in the order their `append` futures were first polled, even
+    /// if they run concurrently (one queue to one writer). A connection may then keep several
+    /// sends in flight and still have them stored in the order it sent them.
+    fn keeps_submission_order(&self) -> bool {
+        false
+    }
+
     // --- accounts ---
 
     /// Creates an account. The first account on a store becomes its admin. With

@@ -92,6 +92,8 @@ pub async fn send(
     check_client_msg_id(&client_msg_id)?;
     check_body(app, &body)?;
     let mentions = mentioned_usernames(&body);
+    // No await before `append`: pipelined sends are stored in the order their futures first run
+    // (`Store::keeps_submission_order`), which holds only if the first poll reaches the store.
     let appended = app
         .store
         .append(

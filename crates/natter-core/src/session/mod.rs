@@ -26,6 +26,7 @@ use natter_protocol::{
 use outbox::{Outbound, Outbox};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 pub use stream::SessionStream;
 
@@ -116,10 +117,12 @@ pub struct Session {
     user: UserRecord,
     key: SessionKey,
     outbox: Arc<Outbox>,
-    limiter: RateLimiter,
+    /// Locked only to take a token; requests of one connection may run concurrently (pipelined
+    /// sends), so it cannot be a plain field.
+    limiter: std::sync::Mutex<RateLimiter>,
     heartbeat: tokio::task::JoinHandle<()>,
     /// What this connection last said of itself (`set_presence`).
-    away: bool,
+    away: AtomicBool,
 }
 
 impl Session {
@@ -235,9 +238,12 @@ impl Session {
         );
         app.presence.connected(&app, user.info.id);
         let session = Session {
-            limiter: RateLimiter::new(app.limits.rate_per_sec, app.limits.rate_burst),
+            limiter: std::sync::Mutex::new(RateLimiter::new(
+                app.limits.rate_per_sec,
+                app.limits.rate_burst,
+            )),
             heartbeat: spawn_heartbeat(outbox.clone(), app.limits.heartbeat_interval()),
-            away: false,
+            away: AtomicBool::new(false),
             app,
             user,
             key,
@@ -261,10 +267,22 @@ impl Session {
             .push(Outbound::Frame(Arc::from(codec::encode(frame))));
     }
 
+    /// True when `request` may start while earlier sends of this connection are still in flight:
+    /// it is a send, and the store keeps the order in which sends are submitted. Anything else
+    /// waits for what is in flight and runs alone, as if requests were answered one at a time.
+    pub fn may_pipeline(&self, request: &Request) -> bool {
+        matches!(request, Request::Send { .. }) && self.app.store.keeps_submission_order()
+    }
+
     /// Answers one request. Every request gets exactly one frame back.
-    pub async fn handle(&mut self, frame: ClientFrame) -> ServerFrame {
+    pub async fn handle(&self, frame: ClientFrame) -> ServerFrame {
         let id = frame.id;
-        if let Err(retry_after_ms) = self.limiter.take(Instant::now()) {
+        let admitted = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(Instant::now());
+        if let Err(retry_after_ms) = admitted {
             return ServerFrame::Error {
                 id: Some(id),
                 code: ErrorCode::RateLimited,
@@ -273,14 +291,7 @@ impl Session {
                 retry_after_ms: Some(retry_after_ms),
             };
         }
-        answer(
-            &self.app,
-            &self.user,
-            id,
-            frame.request,
-            Some(&mut self.away),
-        )
-        .await
+        answer(&self.app, &self.user, id, frame.request, Some(&self.away)).await
     }
 }
 
@@ -292,7 +303,7 @@ pub async fn answer(
     user: &UserRecord,
     id: RequestId,
     request: Request,
-    away: Option<&mut bool>,
+    away: Option<&AtomicBool>,
 ) -> ServerFrame {
     match dispatch(app, user, id, request, away).await {
         Ok(reply) => reply,
@@ -305,7 +316,7 @@ async fn dispatch(
     user: &UserRecord,
     id: RequestId,
     request: Request,
-    away_state: Option<&mut bool>,
+    away_state: Option<&AtomicBool>,
 ) -> Result<ServerFrame, ServiceError> {
     let done = |seq: RoomSeq| ServerFrame::Done { id, seq: Some(seq) };
     Ok(match request {
@@ -425,9 +436,8 @@ async fn dispatch(
                 }
             };
             if let Some(current) = away_state
-                && *current != away
+                && current.swap(away, Ordering::Relaxed) != away
             {
-                *current = away;
                 app.presence.session_away(app, user.info.id, away);
             }
             ServerFrame::Done { id, seq: None }
@@ -439,9 +449,11 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.heartbeat.abort();
         self.app.hub.unregister(self.key);
-        self.app
-            .presence
-            .disconnected(&self.app, self.user.info.id, self.away);
+        self.app.presence.disconnected(
+            &self.app,
+            self.user.info.id,
+            self.away.load(Ordering::Relaxed),
+        );
     }
 }
 

@@ -879,6 +879,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn keeps_submission_order(&self) -> bool {
+        // `write` queues the job before its first await, and one thread runs the queue in order.
+        true
+    }
+
     async fn append(
         &self,
         room_id: RoomId,

@@ -291,3 +291,54 @@ async fn a_client_msg_id_reused_for_another_room_is_a_conflict_not_a_silent_drop
         Some(natter_client::protocol::ErrorCode::Conflict)
     );
 }
+
+#[tokio::test]
+async fn pipelined_sends_are_stored_and_answered_in_the_order_sent() {
+    const SENDS: u64 = 40;
+    let server = TestServer::start().await;
+    let (ana, client) = server.connected("ana").await;
+    let room = create_channel(&client, "fast", Visibility::Public).await;
+    let mut raw = crate::support::raw::RawSocket::authenticated(&server.base_url, &ana.token).await;
+    // Every send goes out before any reply is read, then a request that must wait for them.
+    for n in 0..SENDS {
+        raw.send(&format!(
+            r#"{{"id":{},"type":"send","room_id":{},"client_msg_id":"p{n}","body":"m{n}"}}"#,
+            n + 10,
+            room.id.0
+        ))
+        .await;
+    }
+    raw.send(&format!(
+        r#"{{"id":99,"type":"history","room_id":{},"limit":100}}"#,
+        room.id.0
+    ))
+    .await;
+    let mut replies = Vec::new();
+    while replies.len() < SENDS as usize + 1 {
+        if let crate::support::raw::Received::Frame(frame) = raw.recv().await
+            && frame.reply_to().is_some()
+        {
+            replies.push(frame);
+        }
+    }
+    let mut last_seq = RoomSeq(0);
+    for (n, reply) in replies[..SENDS as usize].iter().enumerate() {
+        let ServerFrame::Sent { id, message, .. } = reply else {
+            panic!("reply {n}: expected sent, got {reply:?}");
+        };
+        assert_eq!(id.0, n as u64 + 10, "replies come in request order");
+        assert_eq!(message.body, format!("m{n}"));
+        assert!(message.seq > last_seq, "stored in the order sent");
+        last_seq = message.seq;
+    }
+    let ServerFrame::History { id, messages, .. } = &replies[SENDS as usize] else {
+        panic!("expected history, got {:?}", replies[SENDS as usize]);
+    };
+    assert_eq!(id.0, 99);
+    let bodies: Vec<&str> = messages.iter().map(|m| m.body.as_str()).collect();
+    let expected: Vec<String> = (0..SENDS).map(|n| format!("m{n}")).collect();
+    assert_eq!(
+        bodies, expected,
+        "the request behind the sends saw all of them"
+    );
+}

@@ -18,13 +18,15 @@ use crate::http::{ApiError, ServerState};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use hyper_util::rt::TokioIo;
 use natter_core::session::{Greeting, Session, SessionStream};
-use natter_protocol::frame::{Request as ClientRequest, ServerFrame};
+use natter_protocol::frame::{ClientFrame, Request as ClientRequest, ServerFrame};
 use natter_protocol::websocket::Opcode;
 use natter_protocol::{CloseCode, ErrorCode, codec};
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -232,10 +234,8 @@ async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
         reader: Reader::new(read, state.app.limits.max_frame_bytes),
         writer: Writer::new(write),
     };
-    let Some(Hello {
-        mut session,
-        stream,
-    }) = Box::pin(await_hello(&mut socket, &state, cookie_token)).await
+    let Some(Hello { session, stream }) =
+        Box::pin(await_hello(&mut socket, &state, cookie_token)).await
     else {
         return;
     };
@@ -243,51 +243,99 @@ async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
     let heartbeat_timeout = state.app.limits.heartbeat_timeout();
     let writer: SharedWriter = Arc::new(tokio::sync::Mutex::new(writer));
     let mut writing = tokio::spawn(write_frames(writer.clone(), stream, heartbeat_timeout));
+    let end = read_requests(
+        &mut reader,
+        &session,
+        &writer,
+        &mut writing,
+        heartbeat_timeout,
+    )
+    .await;
+    match end {
+        ReadEnd::WriterDone => {}
+        ReadEnd::ClientGone => writing.abort(),
+        ReadEnd::Close(code) => {
+            // We closed the session: give the writer a moment to send the close frame.
+            session.close(code);
+            if timeout(CLOSE_GRACE, &mut writing).await.is_err() {
+                writing.abort();
+            }
+        }
+    }
+}
+
+/// Requests of one connection in flight at most (pipelined sends).
+const MAX_IN_FLIGHT: usize = 32;
+
+type Answer<'a> = Pin<Box<dyn Future<Output = ServerFrame> + Send + 'a>>;
+
+/// Why a connection stopped reading.
+enum ReadEnd {
+    /// The writer ended (the session was closed: slow consumer, revoked, shutdown); it has sent
+    /// the close frame.
+    WriterDone,
+    /// The client closed or the socket failed: nothing more to send.
+    ClientGone,
+    /// The server ends the connection with this code.
+    Close(CloseCode),
+}
+
+/// Reads requests and answers each, in order. Sends may pipeline (`Session::may_pipeline`): up
+/// to `MAX_IN_FLIGHT` run at once, so one connection's sends share a group commit. Any other
+/// request waits for those in flight and runs alone. Replies go out in request order.
+async fn read_requests(
+    reader: &mut Reader<ReadHalf<Io>>,
+    session: &Session,
+    writer: &SharedWriter,
+    writing: &mut tokio::task::JoinHandle<()>,
+    heartbeat_timeout: Duration,
+) -> ReadEnd {
+    // Boxed: a request's future is large and lives only while it runs, so an idle connection
+    // does not carry its space.
+    let mut in_flight: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
+    let mut alone = false;
+    let mut parked: Option<ClientFrame> = None;
     loop {
+        let may_read = parked.is_none() && !alone && in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
-            // The writer ends when the session is closed (slow consumer, revoked, shutdown):
-            // it has sent the close frame; stop reading.
-            _ = &mut writing => return,
-            next = timeout(heartbeat_timeout, reader.next()) => match next {
-                Err(_elapsed) => {
-                    session.close(CloseCode::HeartbeatTimeout);
-                    break;
+            _ = &mut *writing => return ReadEnd::WriterDone,
+            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                session.queue(&reply);
+                if in_flight.is_empty() {
+                    alone = false;
+                    if let Some(frame) = parked.take() {
+                        alone = true;
+                        in_flight.push_back(Box::pin(session.handle(frame)));
+                    }
                 }
-                Ok(Ok(Incoming::Text(body))) => {
-                    // Boxed: the request's future is large and lives only while it runs, so an
-                    // idle connection does not carry its space.
-                    let reply = match codec::decode_client_frame(&body) {
-                        Ok(frame) => Box::pin(session.handle(frame)).await,
-                        Err(error) => error.into_frame(),
-                    };
-                    session.queue(&reply);
-                }
+            }
+            next = timeout(heartbeat_timeout, reader.next()), if may_read => match next {
+                Err(_elapsed) => return ReadEnd::Close(CloseCode::HeartbeatTimeout),
+                Ok(Ok(Incoming::Text(body))) => match codec::decode_client_frame(&body) {
+                    Ok(frame) if session.may_pipeline(&frame.request) => {
+                        in_flight.push_back(Box::pin(session.handle(frame)));
+                    }
+                    Ok(frame) if in_flight.is_empty() => {
+                        alone = true;
+                        in_flight.push_back(Box::pin(session.handle(frame)));
+                    }
+                    Ok(frame) => parked = Some(frame),
+                    // Queued behind what is in flight, so replies stay in request order.
+                    Err(error) => in_flight.push_back(Box::pin(std::future::ready(error.into_frame()))),
+                },
                 Ok(Ok(Incoming::Ping(payload))) => {
                     let mut writer = writer.lock().await;
                     let pong = writer.write_control(Opcode::Pong, &payload);
                     if !matches!(timeout(heartbeat_timeout, pong).await, Ok(Ok(()))) {
-                        break;
+                        return ReadEnd::ClientGone;
                     }
                 }
                 Ok(Ok(Incoming::Pong)) => {}
-                Ok(Ok(Incoming::Binary)) => {
-                    session.close(CloseCode::Unsupported);
-                    break;
-                }
-                Ok(Err(ReadError::Close(code))) => {
-                    session.close(code);
-                    break;
-                }
-                Ok(Ok(Incoming::Close) | Err(ReadError::Io)) => {
-                    writing.abort();
-                    return;
-                }
+                Ok(Ok(Incoming::Binary)) => return ReadEnd::Close(CloseCode::Unsupported),
+                Ok(Err(ReadError::Close(code))) => return ReadEnd::Close(code),
+                Ok(Ok(Incoming::Close) | Err(ReadError::Io)) => return ReadEnd::ClientGone,
             }
         }
-    }
-    // We closed the session: give the writer a moment to send the close frame.
-    if timeout(CLOSE_GRACE, &mut writing).await.is_err() {
-        writing.abort();
     }
 }
 
