@@ -23,7 +23,58 @@ use natter_protocol::{
     ClientMsgId, Message, MessageId, Role, RoomId, RoomInfo, RoomKind, RoomSeq, UserId, UserInfo,
 };
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
+
+/// Every statement goes through the connection's statement cache. Without it tokio-postgres
+/// parses and plans each statement again, one extra round trip, on every call.
+trait CachedStatements: GenericClient + Sync {
+    fn query_opt_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Option<Row>, tokio_postgres::Error>> + Send {
+        async move {
+            let statement = self.prepare_cached(sql).await?;
+            self.query_opt(&statement, params).await
+        }
+    }
+
+    fn query_one_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Row, tokio_postgres::Error>> + Send {
+        async move {
+            let statement = self.prepare_cached(sql).await?;
+            self.query_one(&statement, params).await
+        }
+    }
+
+    fn query_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send {
+        async move {
+            let statement = self.prepare_cached(sql).await?;
+            self.query(&statement, params).await
+        }
+    }
+
+    fn execute_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
+        async move {
+            let statement = self.prepare_cached(sql).await?;
+            self.execute(&statement, params).await
+        }
+    }
+}
+
+impl<T: GenericClient + Sync> CachedStatements for T {}
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -182,7 +233,7 @@ async fn event_row(
     let message_id: Option<i64> = row.get(4);
     let message = match message_id.filter(|_| EventColumns::needs_message(&kind)) {
         Some(id) => Some(message_row(&db(client
-            .query_one(&format!("{MESSAGE_SELECT} WHERE m.id = $1"), &[&id])
+            .query_one_cached(&format!("{MESSAGE_SELECT} WHERE m.id = $1"), &[&id])
             .await)?)),
         None => None,
     };
@@ -209,7 +260,7 @@ async fn load_event(
     at: RoomSeq,
 ) -> Result<EventRecord, StoreError> {
     let row = db(client
-        .query_one(
+        .query_one_cached(
             &format!("{EVENT_SELECT} WHERE e.room_id = $1 AND e.seq = $2"),
             &[&room_id.0, &(at.0 as i64)],
         )
@@ -236,7 +287,7 @@ async fn room_row(client: &impl GenericClient, row: &Row) -> Result<RoomInfo, St
     let kind = parse_kind(row.get(1));
     let members = match kind {
         RoomKind::Dm | RoomKind::Group => db(client
-            .query(
+            .query_cached(
                 "SELECT u.id, u.username, u.display_name FROM members m
                  JOIN users u ON u.id = m.user_id WHERE m.room_id = $1 ORDER BY u.id",
                 &[&id.0],
@@ -272,7 +323,7 @@ async fn role_of(
     user_id: UserId,
 ) -> Result<Option<Role>, StoreError> {
     Ok(db(client
-        .query_opt(
+        .query_opt_cached(
             "SELECT role FROM members WHERE room_id = $1 AND user_id = $2",
             &[&room_id.0, &user_id.0],
         )
@@ -282,7 +333,7 @@ async fn role_of(
 
 async fn lock_room(client: &impl GenericClient, room_id: RoomId) -> Result<(), StoreError> {
     let found = db(client
-        .query_opt(
+        .query_opt_cached(
             "SELECT id FROM rooms WHERE id = $1 FOR UPDATE",
             &[&room_id.0],
         )
@@ -292,7 +343,7 @@ async fn lock_room(client: &impl GenericClient, room_id: RoomId) -> Result<(), S
 
 async fn require_room(client: &impl GenericClient, room_id: RoomId) -> Result<(), StoreError> {
     let found = db(client
-        .query_opt("SELECT id FROM rooms WHERE id = $1", &[&room_id.0])
+        .query_opt_cached("SELECT id FROM rooms WHERE id = $1", &[&room_id.0])
         .await)?;
     found.map(|_| ()).ok_or(StoreError::NotFound("room"))
 }
@@ -300,7 +351,7 @@ async fn require_room(client: &impl GenericClient, room_id: RoomId) -> Result<()
 /// Advances the room's sequence; the row lock it takes serializes the room's writers.
 async fn next_seq(client: &impl GenericClient, room_id: RoomId) -> Result<RoomSeq, StoreError> {
     let row = db(client
-        .query_opt(
+        .query_opt_cached(
             "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
             &[&room_id.0],
         )
@@ -325,8 +376,21 @@ async fn insert_event(
     now: i64,
     row: EventRow<'_>,
 ) -> Result<EventRecord, StoreError> {
+    insert_event_row(client, room_id, at_seq, actor, now, row).await?;
+    load_event(client, room_id, at_seq).await
+}
+
+/// Records the event at `at_seq`.
+async fn insert_event_row(
+    client: &impl GenericClient,
+    room_id: RoomId,
+    at_seq: RoomSeq,
+    actor: UserId,
+    now: i64,
+    row: EventRow<'_>,
+) -> Result<(), StoreError> {
     db(client
-        .execute(
+        .execute_cached(
             "INSERT INTO room_events (room_id, seq, at, actor_id, kind, message_id, subject_id, role)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
@@ -341,7 +405,7 @@ async fn insert_event(
             ],
         )
         .await)?;
-    load_event(client, room_id, at_seq).await
+    Ok(())
 }
 
 async fn record_event(
@@ -368,7 +432,7 @@ async fn add_member(
         return Err(StoreError::Conflict("already a member"));
     }
     let user = db(client
-        .query_opt("SELECT id FROM users WHERE id = $1", &[&user_id.0])
+        .query_opt_cached("SELECT id FROM users WHERE id = $1", &[&user_id.0])
         .await)?;
     if user.is_none() {
         return Err(StoreError::NotFound("user"));
@@ -382,7 +446,7 @@ async fn add_member(
     let record = record_event(client, room_id, actor, now, row).await?;
     let joined = record.seq.0 as i64;
     db(client
-        .execute(
+        .execute_cached(
             "INSERT INTO members (room_id, user_id, role, joined_seq, read_seq, delivered_seq)
              VALUES ($1, $2, $3, $4, $4, $4)",
             &[&room_id.0, &user_id.0, &role_str(role), &joined],
@@ -397,7 +461,7 @@ async fn live_message(
     message_id: MessageId,
 ) -> Result<(), StoreError> {
     let found = db(client
-        .query_opt(
+        .query_opt_cached(
             "SELECT id FROM messages WHERE id = $1 AND room_id = $2 AND NOT deleted",
             &[&message_id.0, &room_id.0],
         )
@@ -435,7 +499,7 @@ async fn apply_change(
             mentions,
         } => {
             let first = db(client
-                .query_opt(
+                .query_opt_cached(
                     "SELECT room_id, seq FROM messages WHERE author_id = $1 AND client_msg_id = $2",
                     &[&actor.0, &client_msg_id.0],
                 )
@@ -453,13 +517,29 @@ async fn apply_change(
                     duplicate: true,
                 });
             }
-            require_room(client, room_id).await?;
-            if role_of(client, room_id, actor).await?.is_none() {
+            // The room, the author's membership and how the author is shown, in one round
+            // trip: the hot path of every send.
+            let found = db(client
+                .query_opt_cached(
+                    "SELECT m.role, u.username, u.display_name FROM rooms r
+                     JOIN users u ON u.id = $2
+                     LEFT JOIN members m ON m.room_id = r.id AND m.user_id = $2
+                     WHERE r.id = $1",
+                    &[&room_id.0, &actor.0],
+                )
+                .await)?
+            .ok_or(StoreError::NotFound("room"))?;
+            if found.get::<_, Option<String>>(0).is_none() {
                 return Err(StoreError::Forbidden("you are not a member of this room"));
             }
+            let author = UserInfo {
+                id: actor,
+                username: found.get(1),
+                display_name: found.get(2),
+            };
             let at_seq = next_seq(client, room_id).await?;
             let row = db(client
-                .query_one(
+                .query_one_cached(
                     "INSERT INTO messages (room_id, seq, author_id, client_msg_id, body, created_at)
                      VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                     &[&room_id.0, &(at_seq.0 as i64), &actor.0, &client_msg_id.0, &body, &now],
@@ -468,7 +548,7 @@ async fn apply_change(
             let message_id = MessageId(row.get(0));
             for username in &mentions {
                 db(client
-                    .execute(
+                    .execute_cached(
                         "INSERT INTO mentions (user_id, message_id)
                          SELECT u.id, $1 FROM users u JOIN members m ON m.user_id = u.id
                          WHERE m.room_id = $2 AND lower(u.username) = lower($3) AND u.id != $4
@@ -478,12 +558,32 @@ async fn apply_change(
                     .await)?;
             }
             let row = event("message_created", Some(message_id), None, None);
-            fresh(insert_event(client, room_id, at_seq, actor, now, row).await?)
+            insert_event_row(client, room_id, at_seq, actor, now, row).await?;
+            // Everything the event shows was just written: no need to read it back.
+            fresh(EventRecord {
+                room_id,
+                seq: at_seq,
+                at: now,
+                actor,
+                event: natter_protocol::RoomEvent::MessageCreated {
+                    message: Message {
+                        id: message_id,
+                        room_id,
+                        seq: at_seq,
+                        author,
+                        client_msg_id,
+                        body,
+                        created_at: now,
+                        edited_at: None,
+                        deleted: false,
+                    },
+                },
+            })
         }
         Change::Edit { message_id, body } => {
             live_message(client, room_id, message_id).await?;
             db(client
-                .execute(
+                .execute_cached(
                     "UPDATE messages SET body = $1, edited_at = $2 WHERE id = $3",
                     &[&body, &now, &message_id.0],
                 )
@@ -494,7 +594,7 @@ async fn apply_change(
         Change::Delete { message_id } => {
             live_message(client, room_id, message_id).await?;
             db(client
-                .execute(
+                .execute_cached(
                     "UPDATE messages SET body = '', deleted = true WHERE id = $1",
                     &[&message_id.0],
                 )
@@ -510,7 +610,7 @@ async fn apply_change(
                 return Err(StoreError::NotFound("member"));
             }
             db(client
-                .execute(
+                .execute_cached(
                     "DELETE FROM members WHERE room_id = $1 AND user_id = $2",
                     &[&room_id.0, &user_id.0],
                 )
@@ -521,7 +621,7 @@ async fn apply_change(
         Change::UpdateRoom { name, topic } => {
             require_room(client, room_id).await?;
             match client
-                .execute(
+                .execute_cached(
                     "UPDATE rooms SET name = $1, topic = $2 WHERE id = $3",
                     &[&name, &topic, &room_id.0],
                 )
@@ -540,7 +640,7 @@ async fn apply_change(
                 return Err(StoreError::NotFound("member"));
             }
             db(client
-                .execute(
+                .execute_cached(
                     "UPDATE members SET role = $1 WHERE room_id = $2 AND user_id = $3",
                     &[&role_str(role), &room_id.0, &user_id.0],
                 )
@@ -585,7 +685,7 @@ impl PostgresStore {
         let row = db(self
             .client()
             .await?
-            .query_one("SELECT id FROM natter_cluster", &[])
+            .query_one_cached("SELECT id FROM natter_cluster", &[])
             .await)?;
         Ok(row.get(0))
     }
@@ -598,19 +698,19 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = db(client.transaction().await)?;
         db(tx
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .execute_cached("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await)?;
         db(tx
             .batch_execute("CREATE TABLE IF NOT EXISTS natter_migrations (version INT PRIMARY KEY)")
             .await)?;
         let applied: i64 = db(tx
-            .query_one("SELECT COUNT(*) FROM natter_migrations", &[])
+            .query_one_cached("SELECT COUNT(*) FROM natter_migrations", &[])
             .await)?
         .get(0);
         for (version, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
             db(tx.batch_execute(migration).await)?;
             db(tx
-                .execute(
+                .execute_cached(
                     "INSERT INTO natter_migrations (version) VALUES ($1)",
                     &[&(version as i32)],
                 )
@@ -635,7 +735,7 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn health(&self) -> Result<(), StoreError> {
-        db(self.client().await?.query_one("SELECT 1", &[]).await).map(|_| ())
+        db(self.client().await?.query_one_cached("SELECT 1", &[]).await).map(|_| ())
     }
 
     async fn create_user(
@@ -650,13 +750,14 @@ impl Store for PostgresStore {
             db(tx
                 .batch_execute("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
                 .await)?;
-            let existing: i64 = db(tx.query_one("SELECT COUNT(*) FROM users", &[]).await)?.get(0);
+            let existing: i64 =
+                db(tx.query_one_cached("SELECT COUNT(*) FROM users", &[]).await)?.get(0);
             if only_if_first && existing > 0 {
                 return Err(StoreError::RegistrationClosed);
             }
             let is_admin = existing == 0;
             let row = match tx
-                .query_one(
+                .query_one_cached(
                     "INSERT INTO users (username, display_name, password_hash, is_admin, created_at)
                      VALUES ($1, $2, $3, $4, $5) RETURNING id",
                     &[&username, &display_name, &password_hash, &is_admin, &natter_core::now_ms()],
@@ -687,7 +788,7 @@ impl Store for PostgresStore {
         let row = db(self
             .client()
             .await?
-            .query_opt(
+            .query_opt_cached(
                 "SELECT id, username, display_name, is_admin, password_hash FROM users
                  WHERE lower(username) = lower($1)",
                 &[&username],
@@ -700,7 +801,7 @@ impl Store for PostgresStore {
         let row = db(self
             .client()
             .await?
-            .query_opt(
+            .query_opt_cached(
                 "SELECT id, username, display_name, is_admin FROM users
                  WHERE lower(username) = lower($1)",
                 &[&username],
@@ -718,7 +819,7 @@ impl Store for PostgresStore {
         db(self
             .client()
             .await?
-            .execute(
+            .execute_cached(
                 "INSERT INTO tokens (hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
                 &[&&token.0[..], &user_id.0, &natter_core::now_ms(), &expires_at],
             )
@@ -734,7 +835,7 @@ impl Store for PostgresStore {
         let row = db(self
             .client()
             .await?
-            .query_opt(
+            .query_opt_cached(
                 "SELECT u.id, u.username, u.display_name, u.is_admin
                  FROM tokens t JOIN users u ON u.id = t.user_id
                  WHERE t.hash = $1 AND t.expires_at > $2",
@@ -748,7 +849,7 @@ impl Store for PostgresStore {
         db(self
             .client()
             .await?
-            .execute("DELETE FROM tokens WHERE hash = $1", &[&&token.0[..]])
+            .execute_cached("DELETE FROM tokens WHERE hash = $1", &[&&token.0[..]])
             .await)
         .map(|n| n > 0)
     }
@@ -763,7 +864,7 @@ impl Store for PostgresStore {
     ) -> Result<(RoomId, Vec<EventRecord>), StoreError> {
         self.write(async |tx| {
             let row = match tx
-                .query_one(
+                .query_one_cached(
                     "INSERT INTO rooms (kind, name, topic, created_at) VALUES ($1, $2, $3, $4)
                      RETURNING id",
                     &[&kind_str(kind), &name, &topic, &now],
@@ -803,7 +904,7 @@ impl Store for PostgresStore {
                 // Another node may create the same room at the same moment: the unique key
                 // makes one of them lose, and the loser finds the winner's room below.
                 let row = db(tx
-                    .query_opt(
+                    .query_opt_cached(
                         "INSERT INTO rooms (kind, name, topic, dm_key, created_at)
                          VALUES ($1, '', '', $2, $3) ON CONFLICT (dm_key) DO NOTHING RETURNING id",
                         &[&kind_str(kind), &key, &now],
@@ -828,7 +929,7 @@ impl Store for PostgresStore {
         let row = db(self
             .client()
             .await?
-            .query_one("SELECT id FROM rooms WHERE dm_key = $1", &[&key])
+            .query_one_cached("SELECT id FROM rooms WHERE dm_key = $1", &[&key])
             .await)?;
         Ok((RoomId(row.get(0)), Vec::new()))
     }
@@ -858,7 +959,7 @@ impl Store for PostgresStore {
     async fn room(&self, room_id: RoomId, viewer: UserId) -> Result<Option<RoomInfo>, StoreError> {
         let client = self.client().await?;
         let row = db(client
-            .query_opt(
+            .query_opt_cached(
                 &format!("{ROOM_SELECT} WHERE r.id = $2"),
                 &[&viewer.0, &room_id.0],
             )
@@ -883,7 +984,7 @@ impl Store for PostgresStore {
             .start()
             .await)?;
         let rows = db(tx
-            .query(
+            .query_cached(
                 &format!("{ROOM_SELECT} WHERE v.user_id = $1 ORDER BY r.id"),
                 &[&user_id.0],
             )
@@ -902,7 +1003,7 @@ impl Store for PostgresStore {
     async fn public_rooms(&self, viewer: UserId) -> Result<Vec<RoomInfo>, StoreError> {
         let client = self.client().await?;
         let rows = db(client
-            .query(
+            .query_cached(
                 &format!("{ROOM_SELECT} WHERE r.kind = 'public' ORDER BY lower(r.name)"),
                 &[&viewer.0],
             )
@@ -918,7 +1019,7 @@ impl Store for PostgresStore {
         let rows = db(self
             .client()
             .await?
-            .query(
+            .query_cached(
                 "SELECT u.id, u.username, u.display_name, m.role, m.delivered_seq, m.read_seq
                  FROM members m JOIN users u ON u.id = m.user_id
                  WHERE m.room_id = $1 ORDER BY u.username",
@@ -944,7 +1045,7 @@ impl Store for PostgresStore {
         let rows = db(self
             .client()
             .await?
-            .query(
+            .query_cached(
                 "SELECT room_id FROM members WHERE user_id = $1",
                 &[&user_id.0],
             )
@@ -961,7 +1062,7 @@ impl Store for PostgresStore {
     ) -> Result<Positions, StoreError> {
         self.write(async |tx| {
             let row = db(tx
-                .query_opt(
+                .query_opt_cached(
                     "SELECT m.delivered_seq, m.read_seq, r.last_seq FROM members m
                      JOIN rooms r ON r.id = m.room_id WHERE m.room_id = $1 AND m.user_id = $2
                      FOR UPDATE OF m",
@@ -980,7 +1081,7 @@ impl Store for PostgresStore {
                 return Ok(Positions { delivered: seq(delivered_now), read: seq(read_now), moved });
             }
             db(tx
-                .execute(
+                .execute_cached(
                     "UPDATE members SET delivered_seq = $1, read_seq = $2 WHERE room_id = $3 AND user_id = $4",
                     &[&delivered_next, &read_next, &room_id.0, &user_id.0],
                 )
@@ -994,7 +1095,7 @@ impl Store for PostgresStore {
         let rows = db(self
             .client()
             .await?
-            .query(
+            .query_cached(
                 "SELECT DISTINCT u.id, u.last_seen_at FROM members mine
                  JOIN members theirs ON theirs.room_id = mine.room_id
                  JOIN users u ON u.id = theirs.user_id
@@ -1012,7 +1113,7 @@ impl Store for PostgresStore {
         db(self
             .client()
             .await?
-            .execute(
+            .execute_cached(
                 "UPDATE users SET last_seen_at = $1 WHERE id = $2",
                 &[&at, &user_id.0],
             )
@@ -1028,7 +1129,7 @@ impl Store for PostgresStore {
         let row = db(self
             .client()
             .await?
-            .query_opt(
+            .query_opt_cached(
                 &format!("{MESSAGE_SELECT} WHERE m.id = $1 AND m.room_id = $2"),
                 &[&message_id.0, &room_id.0],
             )
@@ -1053,9 +1154,11 @@ impl Store for PostgresStore {
         let fetch = limit as i64 + 1;
         let client = self.client().await?;
         let rows = if filter.is_empty() {
-            db(client.query(&sql, &[&room_id.0, &fetch]).await)?
+            db(client.query_cached(&sql, &[&room_id.0, &fetch]).await)?
         } else {
-            db(client.query(&sql, &[&room_id.0, &fetch, &bound]).await)?
+            db(client
+                .query_cached(&sql, &[&room_id.0, &fetch, &bound])
+                .await)?
         };
         let mut messages: Vec<Message> = rows.iter().map(message_row).collect();
         let has_more = messages.len() > limit as usize;
@@ -1076,7 +1179,7 @@ impl Store for PostgresStore {
         let until = until.map(|u| u.0 as i64).unwrap_or(i64::MAX);
         let client = self.client().await?;
         let rows = db(client
-            .query(
+            .query_cached(
                 &format!(
                     "{EVENT_SELECT} WHERE e.room_id = $1 AND e.seq > $2 AND e.seq <= $3
                      ORDER BY e.seq LIMIT $4"
