@@ -150,15 +150,27 @@ impl Limits {
     }
 }
 
-/// Ties the ports, the hub and the limits together. Cloning is cheap: every field is shared.
+/// Ties the ports, the hub and the limits together. Cloning is one reference count: every
+/// session holds an `App`, and thousands of idle sessions should not each hold a copy of it.
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<AppParts>);
+
+/// What an [`App`] holds; its fields are reached through the `App` itself.
+pub struct AppParts {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
     pub hub: Hub,
     pub presence: PresenceTracker,
     pub presence_registry: Arc<dyn PresenceRegistry>,
     pub limits: Arc<Limits>,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
 }
 
 impl App {
@@ -179,7 +191,7 @@ impl App {
         hub: Hub,
         limits: Limits,
     ) -> App {
-        App {
+        App(Arc::new(AppParts {
             store,
             broker,
             presence_registry,
@@ -188,7 +200,7 @@ impl App {
                 limits.presence_coalesce_ms,
             )),
             limits: Arc::new(limits),
-        }
+        }))
     }
 
     /// Publishes after a commit. A broker failure is logged, not returned: the event is durable,

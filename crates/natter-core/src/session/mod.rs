@@ -120,7 +120,6 @@ pub struct Session {
     /// Locked only to take a token; requests of one connection may run concurrently (pipelined
     /// sends), so it cannot be a plain field.
     limiter: std::sync::Mutex<RateLimiter>,
-    heartbeat: tokio::task::JoinHandle<()>,
     /// What this connection last said of itself (`set_presence`).
     away: AtomicBool,
 }
@@ -242,7 +241,6 @@ impl Session {
                 app.limits.rate_per_sec,
                 app.limits.rate_burst,
             )),
-            heartbeat: spawn_heartbeat(outbox.clone(), app.limits.heartbeat_interval()),
             away: AtomicBool::new(false),
             app,
             user,
@@ -447,7 +445,6 @@ async fn dispatch(
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.heartbeat.abort();
         self.app.hub.unregister(self.key);
         self.app.presence.disconnected(
             &self.app,
@@ -455,23 +452,6 @@ impl Drop for Session {
             self.away.load(Ordering::Relaxed),
         );
     }
-}
-
-/// Queues a `heartbeat` frame every `interval`, so the client can tell a quiet server from a dead
-/// one on every transport. Ephemeral: a client with a full queue gets other frames anyway.
-fn spawn_heartbeat(
-    outbox: Arc<Outbox>,
-    interval: std::time::Duration,
-) -> tokio::task::JoinHandle<()> {
-    let frame: Arc<str> = Arc::from(codec::encode(&ServerFrame::Heartbeat));
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            outbox.push(Outbound::Ephemeral(frame.clone()));
-        }
-    })
 }
 
 #[cfg(test)]

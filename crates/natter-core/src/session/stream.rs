@@ -114,6 +114,17 @@ pub struct SessionStream {
     rooms: HashMap<RoomId, RoomCursor>,
     catch_up: VecDeque<RoomId>,
     items: Vec<Outbound>,
+    /// When the next `heartbeat` frame is due. Kept here rather than in a task of its own: a
+    /// task per connection is memory that thousands of idle connections multiply.
+    heartbeat_due: Instant,
+}
+
+/// The `heartbeat` frame, encoded once for every session.
+fn heartbeat_frame() -> Arc<str> {
+    static FRAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    FRAME
+        .get_or_init(|| Arc::from(codec::encode(&ServerFrame::Heartbeat)))
+        .clone()
 }
 
 impl SessionStream {
@@ -135,7 +146,6 @@ impl SessionStream {
             })
             .collect();
         SessionStream {
-            app,
             key,
             user_id,
             outbox,
@@ -143,6 +153,8 @@ impl SessionStream {
             rooms,
             catch_up,
             items: Vec::new(),
+            heartbeat_due: Instant::now() + app.limits.heartbeat_interval(),
+            app,
         }
     }
 
@@ -154,6 +166,12 @@ impl SessionStream {
             return Ok(());
         }
         loop {
+            // So that the client can tell a quiet server from a dead one on every transport.
+            let now = Instant::now();
+            if now >= self.heartbeat_due {
+                out.push(heartbeat_frame());
+                self.heartbeat_due = now + self.app.limits.heartbeat_interval();
+            }
             // Live frames first: take whatever is queued without waiting.
             self.outbox.try_take(&mut self.items)?;
             self.apply_items(out).await?;
@@ -169,21 +187,18 @@ impl SessionStream {
                 continue;
             }
             let wait = std::time::Duration::from_millis(self.app.limits.reorder_wait_ms);
-            let deadline = self
+            let gap_deadline = self
                 .rooms
                 .values()
                 .filter_map(|cursor| cursor.gap_since)
                 .min()
                 .map(|since| since + wait);
-            match deadline {
-                None => self.outbox.take(&mut self.items).await?,
-                Some(deadline) => {
-                    match tokio::time::timeout_at(deadline, self.outbox.take(&mut self.items)).await
-                    {
-                        Ok(taken) => taken?,
-                        Err(_elapsed) => self.schedule_expired_gaps(wait),
-                    }
-                }
+            let deadline =
+                gap_deadline.map_or(self.heartbeat_due, |gap| gap.min(self.heartbeat_due));
+            match tokio::time::timeout_at(deadline, self.outbox.take(&mut self.items)).await {
+                Ok(taken) => taken?,
+                // A heartbeat falls due at the top of the loop.
+                Err(_elapsed) => self.schedule_expired_gaps(wait),
             }
         }
     }

@@ -239,8 +239,21 @@ async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
     else {
         return;
     };
-    let Handshaking { mut reader, writer } = socket;
+    let Handshaking { reader, writer } = socket;
     let heartbeat_timeout = state.app.limits.heartbeat_timeout();
+    // The connection goes on in a task of its own: this one's state machine carries everything
+    // the handshake needed, which an idle connection should not hold (docs/benchmarks.md).
+    tokio::spawn(run(reader, writer, session, stream, heartbeat_timeout));
+}
+
+/// A connection after `hello`: this task reads and answers requests; a second one writes.
+async fn run(
+    mut reader: Reader<ReadHalf<Io>>,
+    writer: Writer<WriteHalf<Io>>,
+    session: Session,
+    stream: SessionStream,
+    heartbeat_timeout: Duration,
+) {
     let writer: SharedWriter = Arc::new(tokio::sync::Mutex::new(writer));
     let mut writing = tokio::spawn(write_frames(writer.clone(), stream, heartbeat_timeout));
     let end = read_requests(
@@ -294,7 +307,7 @@ async fn read_requests(
     // does not carry its space.
     let mut in_flight: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
     let mut alone = false;
-    let mut parked: Option<ClientFrame> = None;
+    let mut parked: Option<Box<ClientFrame>> = None;
     loop {
         let may_read = parked.is_none() && !alone && in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
@@ -305,7 +318,7 @@ async fn read_requests(
                     alone = false;
                     if let Some(frame) = parked.take() {
                         alone = true;
-                        in_flight.push_back(Box::pin(session.handle(frame)));
+                        in_flight.push_back(Box::pin(session.handle(*frame)));
                     }
                 }
             }
@@ -319,7 +332,7 @@ async fn read_requests(
                         alone = true;
                         in_flight.push_back(Box::pin(session.handle(frame)));
                     }
-                    Ok(frame) => parked = Some(frame),
+                    Ok(frame) => parked = Some(Box::new(frame)),
                     // Queued behind what is in flight, so replies stay in request order.
                     Err(error) => in_flight.push_back(Box::pin(std::future::ready(error.into_frame()))),
                 },
