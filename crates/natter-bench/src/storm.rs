@@ -21,8 +21,9 @@ pub struct Args {
     clients: usize,
     #[arg(long, default_value_t = 10)]
     rooms: usize,
-    /// Messages per second, all rooms together, before, during and after the storm.
-    #[arg(long, default_value_t = 100.0)]
+    /// Messages per second, all rooms together, before, during and after the storm. Each reaches
+    /// every client of its room: at 15,000 clients in 10 rooms, 10 msg/s is 15,000 deliveries/s.
+    #[arg(long, default_value_t = 10.0)]
     rate: f64,
     /// Seconds of traffic before the drop.
     #[arg(long, default_value_t = 3)]
