@@ -55,6 +55,7 @@ done
 
 start_natter
 run durable --database sqlite
+run durable --database sqlite --in-flight 32
 run storm --clients 15000
 start_natter --database-url "$pg_url"
 run durable --database postgres
