@@ -56,8 +56,12 @@ done
 start_natter
 run durable --database sqlite
 run durable --database sqlite --in-flight 32
+for rate in 1000 4000 9000; do  # ack latency at fixed loads (9,000/s: about half the maximum)
+    run durable --database sqlite --in-flight 32 --rate "$rate" --seconds 8
+done
 run storm --clients 15000
 start_natter --database-url "$pg_url"
 run durable --database postgres
+run durable --database postgres --rate 750
 stop_server
 echo "results: $out" >&2

@@ -8,6 +8,7 @@
 use crate::conn::{self, Error};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -27,6 +28,11 @@ pub struct Args {
     /// Accepted for symmetry with the other scenarios (the server's CPU time is reported).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Send at this total rate (messages per second, open loop) instead of keeping `in_flight`
+    /// sends outstanding; `in_flight` then caps what a connection has outstanding. For the ack
+    /// latency at a given load, e.g. half the closed-loop maximum.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Which database the server was started with, for the record (`sqlite` or `postgres`).
     #[arg(long, default_value = "sqlite")]
     database: String,
@@ -39,6 +45,63 @@ fn frame(id: u64, room: u64, prefix: &str) -> Message {
     )
 }
 
+/// Sends at `rate` per second until `until`, with at most `in_flight` outstanding (a send that
+/// would exceed it waits); returns each acknowledgement's latency from its send.
+async fn paced(
+    mut sink: conn::Sink,
+    mut stream: conn::Stream,
+    room: u64,
+    prefix: &str,
+    rate: f64,
+    in_flight: usize,
+    until: Instant,
+) -> Result<Vec<Duration>, Error> {
+    let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let acked = Arc::new(tokio::sync::Notify::new());
+    let reader = {
+        let (sent_at, latencies, acked) = (sent_at.clone(), latencies.clone(), acked.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(Message::Text(text))) = stream.next().await {
+                if text.starts_with(r#"{"type":"sent""#)
+                    && let Some(id) = conn::number_after(&text, "id")
+                    && let Some(at) = sent_at.lock().ok().and_then(|mut m| m.remove(&id))
+                    && let Ok(mut latencies) = latencies.lock()
+                {
+                    latencies.push(at.elapsed());
+                    acked.notify_one();
+                }
+            }
+        })
+    };
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
+    let started = Instant::now();
+    let outstanding = || sent_at.lock().map(|m| m.len()).unwrap_or(0);
+    let mut id = 10u64;
+    while Instant::now() < until {
+        while outstanding() >= in_flight.max(1) {
+            let _ = tokio::time::timeout(Duration::from_millis(10), acked.notified()).await;
+        }
+        if let Ok(mut m) = sent_at.lock() {
+            m.insert(id, Instant::now());
+        }
+        sink.send(frame(id, room, prefix)).await?;
+        id += 1;
+        tokio::time::sleep_until((started + interval.mul_f64((id - 10) as f64)).into()).await;
+    }
+    for _ in 0..1000 {
+        if outstanding() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(sink);
+    // The server closes nothing by itself: stop reading once every ack is in.
+    reader.abort();
+    let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(latencies)
+}
+
 pub async fn run(args: Args) -> Result<(), Error> {
     let prefix = conn::run_prefix(&args.prefix, "d");
     let tokens = conn::register_users(&args.url, &prefix, args.senders).await?;
@@ -48,6 +111,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let mut tasks = Vec::new();
     for (i, token) in tokens.into_iter().enumerate() {
         let (url, prefix, in_flight) = (args.url.clone(), format!("{prefix}{i}-"), args.in_flight);
+        let rate_per_sender = args.rate.map(|rate| rate / args.senders.max(1) as f64);
         tasks.push(tokio::spawn(async move {
             let (mut sink, mut stream) = conn::connect(&url, &token).await?;
             let reply = conn::request(
@@ -61,6 +125,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 .find(r#""room":{"id":"#)
                 .and_then(|at| conn::number_after(&reply[at + 8..], "id"))
                 .ok_or("no room id")?;
+            if let Some(rate) = rate_per_sender {
+                return paced(sink, stream, room, &prefix, rate, in_flight, until).await;
+            }
             let mut sent_at: HashMap<u64, Instant> = HashMap::new();
             let mut latencies = Vec::new();
             let mut next_id = 10u64;
@@ -133,6 +200,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             "server_cpu_us_per_ack": cpu_us_per_ack,
             "senders": args.senders,
             "in_flight": args.in_flight,
+            "rate": args.rate,
             "acknowledged": all.len(),
             "seconds": elapsed,
             "acks_per_s": all.len() as f64 / elapsed,
