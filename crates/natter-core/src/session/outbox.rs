@@ -115,7 +115,13 @@ impl Outbox {
         if let Some(code) = state.closed {
             return Err(code);
         }
-        out.extend(state.queue.drain(..));
+        // Swap rather than drain: an idle connection then keeps no queue allocation at all,
+        // and the taker's vector (reused by the writer) holds the items.
+        if out.is_empty() {
+            out.extend(std::mem::take(&mut state.queue));
+        } else {
+            out.extend(state.queue.drain(..));
+        }
         Ok(())
     }
 

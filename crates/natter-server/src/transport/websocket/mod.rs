@@ -241,21 +241,21 @@ async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
     };
     let Handshaking { reader, writer } = socket;
     let heartbeat_timeout = state.app.limits.heartbeat_timeout();
-    // The connection goes on in a task of its own: this one's state machine carries everything
+    let writer: SharedWriter = Arc::new(tokio::sync::Mutex::new(writer));
+    let writing = tokio::spawn(write_frames(writer.clone(), stream, heartbeat_timeout));
+    // The connection goes on in tasks of their own: this one's state machine carries everything
     // the handshake needed, which an idle connection should not hold (docs/benchmarks.md).
-    tokio::spawn(run(reader, writer, session, stream, heartbeat_timeout));
+    tokio::spawn(run(reader, writer, writing, session, heartbeat_timeout));
 }
 
-/// A connection after `hello`: this task reads and answers requests; a second one writes.
+/// A connection after `hello`: this task reads and answers requests; `writing` writes.
 async fn run(
     mut reader: Reader<ReadHalf<Io>>,
-    writer: Writer<WriteHalf<Io>>,
+    writer: SharedWriter,
+    mut writing: tokio::task::JoinHandle<()>,
     session: Session,
-    stream: SessionStream,
     heartbeat_timeout: Duration,
 ) {
-    let writer: SharedWriter = Arc::new(tokio::sync::Mutex::new(writer));
-    let mut writing = tokio::spawn(write_frames(writer.clone(), stream, heartbeat_timeout));
     let end = read_requests(
         &mut reader,
         &session,
@@ -303,22 +303,25 @@ async fn read_requests(
     writing: &mut tokio::task::JoinHandle<()>,
     heartbeat_timeout: Duration,
 ) -> ReadEnd {
-    // Boxed: a request's future is large and lives only while it runs, so an idle connection
-    // does not carry its space.
-    let mut in_flight: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
+    // Requests being answered, boxed: a request's future is large and lives only while it runs.
+    // The set itself exists only while something is in flight, so an idle connection carries
+    // neither.
+    let mut in_flight: Option<FuturesOrdered<Answer<'_>>> = None;
     let mut alone = false;
     let mut parked: Option<Box<ClientFrame>> = None;
     loop {
-        let may_read = parked.is_none() && !alone && in_flight.len() < MAX_IN_FLIGHT;
+        let running = in_flight.as_ref().map_or(0, FuturesOrdered::len);
+        let may_read = parked.is_none() && !alone && running < MAX_IN_FLIGHT;
         tokio::select! {
             _ = &mut *writing => return ReadEnd::WriterDone,
-            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+            Some(reply) = next_answer(&mut in_flight), if running > 0 => {
                 session.queue(&reply);
-                if in_flight.is_empty() {
+                if in_flight.as_ref().is_some_and(FuturesOrdered::is_empty) {
+                    in_flight = None;
                     alone = false;
                     if let Some(frame) = parked.take() {
                         alone = true;
-                        in_flight.push_back(Box::pin(session.handle(*frame)));
+                        start(&mut in_flight, Box::pin(session.handle(*frame)));
                     }
                 }
             }
@@ -326,20 +329,23 @@ async fn read_requests(
                 Err(_elapsed) => return ReadEnd::Close(CloseCode::HeartbeatTimeout),
                 Ok(Ok(Incoming::Text(body))) => match codec::decode_client_frame(&body) {
                     Ok(frame) if session.may_pipeline(&frame.request) => {
-                        in_flight.push_back(Box::pin(session.handle(frame)));
+                        start(&mut in_flight, Box::pin(session.handle(frame)));
                     }
-                    Ok(frame) if in_flight.is_empty() => {
+                    Ok(frame) if running == 0 => {
                         alone = true;
-                        in_flight.push_back(Box::pin(session.handle(frame)));
+                        start(&mut in_flight, Box::pin(session.handle(frame)));
                     }
                     Ok(frame) => parked = Some(Box::new(frame)),
                     // Queued behind what is in flight, so replies stay in request order.
-                    Err(error) => in_flight.push_back(Box::pin(std::future::ready(error.into_frame()))),
+                    Err(error) => start(&mut in_flight, Box::pin(std::future::ready(error.into_frame()))),
                 },
                 Ok(Ok(Incoming::Ping(payload))) => {
-                    let mut writer = writer.lock().await;
-                    let pong = writer.write_control(Opcode::Pong, &payload);
-                    if !matches!(timeout(heartbeat_timeout, pong).await, Ok(Ok(()))) {
+                    // Boxed, as it is rare: an idle connection should not hold its state.
+                    let pong = Box::pin(async {
+                        let mut writer = writer.lock().await;
+                        timeout(heartbeat_timeout, writer.write_control(Opcode::Pong, &payload)).await
+                    });
+                    if !matches!(pong.await, Ok(Ok(()))) {
                         return ReadEnd::ClientGone;
                     }
                 }
@@ -349,6 +355,19 @@ async fn read_requests(
                 Ok(Ok(Incoming::Close) | Err(ReadError::Io)) => return ReadEnd::ClientGone,
             }
         }
+    }
+}
+
+fn start<'a>(in_flight: &mut Option<FuturesOrdered<Answer<'a>>>, answer: Answer<'a>) {
+    in_flight
+        .get_or_insert_with(FuturesOrdered::new)
+        .push_back(answer);
+}
+
+async fn next_answer(in_flight: &mut Option<FuturesOrdered<Answer<'_>>>) -> Option<ServerFrame> {
+    match in_flight {
+        Some(answers) => answers.next().await,
+        None => None,
     }
 }
 
@@ -364,14 +383,16 @@ async fn write_frames(writer: SharedWriter, mut stream: SessionStream, write_tim
         match next {
             Ok(()) => {
                 // Most batches go straight into the socket buffer: arm the stall timer only for
-                // a write that has to wait.
-                let written = {
+                // a write that has to wait. Boxed: an idle writer should not hold a write's
+                // state (docs/benchmarks.md).
+                let written = Box::pin(async {
                     let mut write = pin!(writer.write_text(&frames));
                     match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
                         Poll::Ready(done) => Ok(done),
                         Poll::Pending => timeout(write_timeout, write).await,
                     }
-                };
+                })
+                .await;
                 frames.clear();
                 if frames.capacity() > 64 {
                     frames = Vec::new();
@@ -381,7 +402,7 @@ async fn write_frames(writer: SharedWriter, mut stream: SessionStream, write_tim
                 }
             }
             Err(code) => {
-                let _ = timeout(CLOSE_GRACE, writer.close(code)).await;
+                let _ = Box::pin(timeout(CLOSE_GRACE, writer.close(code))).await;
                 return;
             }
         }
