@@ -265,6 +265,11 @@ impl Session {
             .push(Outbound::Frame(Arc::from(codec::encode(frame))));
     }
 
+    /// How many frames this connection's outbox holds before it overflows.
+    pub fn outbox_capacity(&self) -> usize {
+        self.app.limits.outbox_capacity
+    }
+
     /// True when `request` may start while earlier sends of this connection are still in flight:
     /// it is a send, and the store keeps the order in which sends are submitted. Anything else
     /// waits for what is in flight and runs alone, as if requests were answered one at a time.

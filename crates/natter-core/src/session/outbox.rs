@@ -115,8 +115,8 @@ impl Outbox {
         if let Some(code) = state.closed {
             return Err(code);
         }
-        // Swap rather than drain: an idle connection then keeps no queue allocation at all,
-        // and the taker's vector (reused by the writer) holds the items.
+        // Taken whole when the taker has nothing yet: the queue's buffer is freed, so an idle
+        // connection keeps none (the next push allocates a new one).
         if out.is_empty() {
             out.extend(std::mem::take(&mut state.queue));
         } else {

@@ -302,3 +302,13 @@ async fn the_client_crate_reports_errors_without_losing_its_connection() {
     assert_eq!(error.code(), Some(ErrorCode::InvalidField));
     ana.send_message(room.id, "still here").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_before_and_after_hello() {
+    let server = TestServer::start().await;
+    let ana = server.user("ana").await;
+    let mut anonymous = RawSocket::connect(&server.base_url).await;
+    assert_eq!(anonymous.close().await, Received::Closed(Some(1000)));
+    let mut raw = RawSocket::authenticated(&server.base_url, &ana.token).await;
+    assert_eq!(raw.close().await, Received::Closed(Some(1000)));
+}

@@ -34,6 +34,9 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::time::{Instant, timeout, timeout_at};
 use wire::{Incoming, ReadError, Reader, Writer};
 
+/// The close code that answers a client's own close frame.
+const NORMAL_CLOSURE: u16 = 1000;
+
 /// How long the server waits for its close frame to be written before dropping the socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -99,7 +102,7 @@ struct Handshaking {
 
 impl Handshaking {
     async fn close(&mut self, code: CloseCode) {
-        let _ = timeout(CLOSE_GRACE, self.writer.close(code)).await;
+        let _ = timeout(CLOSE_GRACE, self.writer.close_with(code)).await;
     }
 
     /// Sends a frame before the auth deadline; false if the client did not take it in time.
@@ -144,7 +147,12 @@ async fn await_hello(
                 continue;
             }
             Ok(Ok(Incoming::Pong)) => continue,
-            Ok(Ok(Incoming::Close) | Err(ReadError::Io)) => return None,
+            Ok(Ok(Incoming::Close)) => {
+                // Answer the client's close, as RFC 6455 asks, then end.
+                let _ = timeout(CLOSE_GRACE, socket.writer.close(NORMAL_CLOSURE, "")).await;
+                return None;
+            }
+            Ok(Err(ReadError::Io)) => return None,
             Ok(Err(ReadError::Close(code))) => {
                 socket.close(code).await;
                 return None;
@@ -267,6 +275,15 @@ async fn run(
     match end {
         ReadEnd::WriterDone => {}
         ReadEnd::ClientGone => writing.abort(),
+        ReadEnd::ClientClosed => {
+            // Answer the client's close, as RFC 6455 asks; the writer stops first (its lock is
+            // released once it is cancelled).
+            writing.abort();
+            let _ = timeout(CLOSE_GRACE, async {
+                writer.lock().await.close(NORMAL_CLOSURE, "").await
+            })
+            .await;
+        }
         ReadEnd::Close(code) => {
             // We closed the session: give the writer a moment to send the close frame.
             session.close(code);
@@ -277,7 +294,8 @@ async fn run(
     }
 }
 
-/// Requests of one connection in flight at most (pipelined sends).
+/// Requests of one connection in flight at most (pipelined sends); fewer with a small outbox,
+/// which must hold their replies and the echo of each message besides.
 const MAX_IN_FLIGHT: usize = 32;
 
 type Answer<'a> = Pin<Box<dyn Future<Output = ServerFrame> + Send + 'a>>;
@@ -287,8 +305,10 @@ enum ReadEnd {
     /// The writer ended (the session was closed: slow consumer, revoked, shutdown); it has sent
     /// the close frame.
     WriterDone,
-    /// The client closed or the socket failed: nothing more to send.
+    /// The socket failed or ended: nothing more can be sent.
     ClientGone,
+    /// The client sent a close frame: answer it and end.
+    ClientClosed,
     /// The server ends the connection with this code.
     Close(CloseCode),
 }
@@ -303,6 +323,7 @@ async fn read_requests(
     writing: &mut tokio::task::JoinHandle<()>,
     heartbeat_timeout: Duration,
 ) -> ReadEnd {
+    let max_in_flight = MAX_IN_FLIGHT.min(session.outbox_capacity() / 4).max(1);
     // Requests being answered, boxed: a request's future is large and lives only while it runs.
     // The set itself exists only while something is in flight, so an idle connection carries
     // neither.
@@ -311,7 +332,7 @@ async fn read_requests(
     let mut parked: Option<Box<ClientFrame>> = None;
     loop {
         let running = in_flight.as_ref().map_or(0, FuturesOrdered::len);
-        let may_read = parked.is_none() && !alone && running < MAX_IN_FLIGHT;
+        let may_read = parked.is_none() && !alone && running < max_in_flight;
         tokio::select! {
             _ = &mut *writing => return ReadEnd::WriterDone,
             Some(reply) = next_answer(&mut in_flight), if running > 0 => {
@@ -340,19 +361,21 @@ async fn read_requests(
                     Err(error) => start(&mut in_flight, Box::pin(std::future::ready(error.into_frame()))),
                 },
                 Ok(Ok(Incoming::Ping(payload))) => {
-                    // Boxed, as it is rare: an idle connection should not hold its state.
-                    let pong = Box::pin(async {
-                        let mut writer = writer.lock().await;
-                        timeout(heartbeat_timeout, writer.write_control(Opcode::Pong, &payload)).await
+                    // The pong waits for the writer in a task of its own: reading (and the
+                    // requests in flight) must not stop behind a writer stuck on a full socket.
+                    let writer = writer.clone();
+                    tokio::spawn(async move {
+                        let pong = async {
+                            writer.lock().await.write_control(Opcode::Pong, &payload).await
+                        };
+                        let _ = timeout(heartbeat_timeout, pong).await;
                     });
-                    if !matches!(pong.await, Ok(Ok(()))) {
-                        return ReadEnd::ClientGone;
-                    }
                 }
                 Ok(Ok(Incoming::Pong)) => {}
                 Ok(Ok(Incoming::Binary)) => return ReadEnd::Close(CloseCode::Unsupported),
                 Ok(Err(ReadError::Close(code))) => return ReadEnd::Close(code),
-                Ok(Ok(Incoming::Close) | Err(ReadError::Io)) => return ReadEnd::ClientGone,
+                Ok(Ok(Incoming::Close)) => return ReadEnd::ClientClosed,
+                Ok(Err(ReadError::Io)) => return ReadEnd::ClientGone,
             }
         }
     }
@@ -402,7 +425,7 @@ async fn write_frames(writer: SharedWriter, mut stream: SessionStream, write_tim
                 }
             }
             Err(code) => {
-                let _ = Box::pin(timeout(CLOSE_GRACE, writer.close(code))).await;
+                let _ = Box::pin(timeout(CLOSE_GRACE, writer.close_with(code))).await;
                 return;
             }
         }

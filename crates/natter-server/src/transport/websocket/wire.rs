@@ -57,8 +57,12 @@ impl From<FrameError> for ReadError {
 
 pub struct Reader<R> {
     io: R,
-    /// Bytes read but not yet parsed: empty (and unallocated) between messages.
+    /// Bytes read but not yet parsed, from `consumed` on: empty (and unallocated) between
+    /// messages.
     pending: Vec<u8>,
+    /// How much of `pending` is parsed. Advanced per frame and compacted per read, so a read
+    /// full of tiny frames costs one pass, not one copy of the rest per frame.
+    consumed: usize,
     /// The data frames of a fragmented message so far, and its opcode.
     message: Vec<u8>,
     message_opcode: Option<Opcode>,
@@ -70,6 +74,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Reader {
             io,
             pending: Vec::new(),
+            consumed: 0,
             message: Vec::new(),
             message_opcode: None,
             max_message,
@@ -89,6 +94,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     async fn fill(&mut self) -> Result<usize, ReadError> {
+        self.pending.drain(..self.consumed);
+        self.consumed = 0;
         poll_fn(|cx| {
             SCRATCH.with_borrow_mut(|scratch| {
                 let mut buf = ReadBuf::new(scratch);
@@ -104,20 +111,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// Takes one frame off `pending` if it is complete; returns a message once one is whole.
     fn parse(&mut self) -> Result<Option<Incoming>, ReadError> {
         loop {
-            let Some(head) =
-                websocket::parse_header(&self.pending, Role::Server, self.max_message)?
+            let unparsed = &self.pending[self.consumed..];
+            let Some(head) = websocket::parse_header(unparsed, Role::Server, self.max_message)?
             else {
                 return Ok(None);
             };
             let end = head.header_len + head.payload_len;
-            if self.pending.len() < end {
+            if unparsed.len() < end {
                 return Ok(None);
             }
-            let mut payload = self.pending[head.header_len..end].to_vec();
-            self.pending.drain(..end);
-            if self.pending.is_empty() {
+            let mut payload = unparsed[head.header_len..end].to_vec();
+            self.consumed += end;
+            if self.consumed == self.pending.len() {
                 // An idle connection keeps no buffer.
                 self.pending = Vec::new();
+                self.consumed = 0;
             }
             if let Some(key) = head.mask {
                 websocket::apply_mask(&mut payload, key);
@@ -160,6 +168,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 pub struct Writer<W> {
     io: W,
     headers: Vec<HeaderBytes>,
+    /// A write was abandoned part-way (its timeout fired): the stream may end inside a frame, so
+    /// nothing more may be framed on it; a close only shuts the socket.
+    broken: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -167,11 +178,16 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         Writer {
             io,
             headers: Vec::new(),
+            broken: false,
         }
     }
 
     /// Writes every frame, in order, as text messages.
     pub async fn write_text(&mut self, frames: &[Arc<str>]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        self.broken = true;
         for chunk in frames.chunks(MAX_SLICES / 2) {
             self.headers.clear();
             self.headers.extend(
@@ -190,21 +206,36 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             // A burst made the batch large; an idle connection should not keep its space.
             self.headers = Vec::new();
         }
+        self.broken = false;
         Ok(())
     }
 
     /// Writes one control frame (pong or close).
     pub async fn write_control(&mut self, opcode: Opcode, payload: &[u8]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        self.broken = true;
         let head = websocket::header(opcode, payload.len(), None);
         let mut slices = [IoSlice::new(head.as_slice()), IoSlice::new(payload)];
-        write_all_vectored(&mut self.io, &mut slices).await
+        write_all_vectored(&mut self.io, &mut slices).await?;
+        self.broken = false;
+        Ok(())
     }
 
-    pub async fn close(&mut self, code: CloseCode) -> io::Result<()> {
-        let payload = websocket::close_payload(code.code(), code.reason());
-        self.write_control(Opcode::Close, &payload).await?;
-        self.io.flush().await?;
+    /// Sends a close frame with `code` and shuts the socket; after an abandoned write, only shuts
+    /// it (a close frame there would land inside the unfinished one).
+    pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        if !self.broken {
+            let payload = websocket::close_payload(code, reason);
+            self.write_control(Opcode::Close, &payload).await?;
+            self.io.flush().await?;
+        }
         self.io.shutdown().await
+    }
+
+    pub async fn close_with(&mut self, code: CloseCode) -> io::Result<()> {
+        self.close(code.code(), code.reason()).await
     }
 }
 
@@ -328,5 +359,35 @@ mod tests {
             at += head.header_len + head.payload_len;
         }
         assert_eq!(at, bytes.len());
+    }
+
+    #[tokio::test]
+    async fn after_an_abandoned_write_a_close_only_shuts_the_socket() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut writer = Writer::new(client);
+        let big: Arc<str> = Arc::from("x".repeat(1000));
+        let abandoned = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            writer.write_text(&[big]),
+        )
+        .await;
+        assert!(
+            abandoned.is_err(),
+            "the write cannot finish into a full pipe"
+        );
+        let reading = tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut server, &mut bytes).await;
+            bytes
+        });
+        writer.close(1000, "").await.unwrap();
+        drop(writer);
+        let bytes = reading.await.unwrap();
+        let head = websocket::parse_header(&bytes, Role::Client, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.opcode, Opcode::Text);
+        // Exactly what fit in the pipe before the write was abandoned: no close frame after it.
+        assert_eq!(bytes.len(), 64);
     }
 }

@@ -69,6 +69,20 @@ impl RawSocket {
             .expect("send");
     }
 
+    /// Sends a close frame (1000) and returns how the server answered.
+    pub async fn close(&mut self) -> Received {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        self.socket
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            })))
+            .await
+            .expect("send close");
+        self.recv().await
+    }
+
     /// The next frame that is not a heartbeat, or the close.
     pub async fn recv(&mut self) -> Received {
         loop {
