@@ -113,6 +113,17 @@ pub fn parse_header(
         },
         short => (u64::from(short), 2),
     };
+    // The length must use the shortest form, and a 64-bit length has its top bit clear.
+    let minimal = match at {
+        4 => payload_len >= 126,
+        10 => payload_len > 0xFFFF && payload_len >> 63 == 0,
+        _ => true,
+    };
+    if !minimal {
+        return Err(FrameError::Protocol(
+            "payload length not in its shortest form",
+        ));
+    }
     if opcode.is_control() && (!fin || payload_len > 125) {
         return Err(FrameError::Protocol(
             "control frames are short and unfragmented",
@@ -279,6 +290,19 @@ mod tests {
             parse_header(&unknown, Role::Server, 64),
             Err(FrameError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn a_length_not_in_its_shortest_form_is_refused() {
+        // 5 bytes announced with the 16-bit form, then with the 64-bit form.
+        let long16 = [0x81, 0x80 | 126, 0, 5, 1, 2, 3, 4];
+        let long64 = [0x81, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4];
+        for bytes in [&long16[..], &long64[..]] {
+            assert!(matches!(
+                parse_header(bytes, Role::Server, 1 << 20),
+                Err(FrameError::Protocol(_))
+            ));
+        }
     }
 
     #[test]

@@ -312,3 +312,23 @@ async fn a_client_close_is_answered_with_a_close_before_and_after_hello() {
     let mut raw = RawSocket::authenticated(&server.base_url, &ana.token).await;
     assert_eq!(raw.close().await, Received::Closed(Some(1000)));
 }
+
+#[tokio::test]
+async fn a_request_that_is_not_a_version_13_handshake_is_refused_with_a_status() {
+    let server = TestServer::start().await;
+    let url = format!("{}/api/v1/ws", server.base_url);
+    let http = reqwest::Client::new();
+    let plain = http.get(&url).send().await.unwrap();
+    assert_eq!(plain.status(), 400);
+    let old_version = http
+        .get(&url)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Version", "8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old_version.status(), 426);
+    assert_eq!(old_version.headers()["sec-websocket-version"], "13");
+}

@@ -54,23 +54,46 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 
 /// # `GET /api/v1/ws`
 /// - Upgrades to a WebSocket speaking the protocol of `docs/protocol.md` (RFC 6455, version 13).
-/// - A request that is not a WebSocket handshake gets 400 `bad_frame`.
+/// - A request that is not a WebSocket handshake gets 400 `bad_frame`; another version than 13
+///   gets 426 with `Sec-WebSocket-Version: 13`.
 /// - Messages above `max_frame_bytes` close the connection with 1009.
 pub async fn upgrade(State(state): State<ServerState>, mut request: Request) -> Response {
     let headers = request.headers();
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
-    let is_handshake = header_has_token(headers, header::CONNECTION, "upgrade")
-        && header_has_token(headers, header::UPGRADE, "websocket")
-        && headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|v| v == "13");
-    let (true, Some(key)) = (is_handshake, key) else {
-        return ApiError::new(
+    let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket");
+    // A key is 16 random bytes in base64: 24 characters ending in "==".
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|key| {
+            let key = key.as_bytes();
+            key.len() == 24
+                && key.ends_with(b"==")
+                && key[..22]
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        })
+        .cloned();
+    let (true, Some(key)) = (is_upgrade, key) else {
+        return ApiError::new(ErrorCode::BadFrame, "expected a WebSocket handshake")
+            .into_response();
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        // RFC 6455 §4.4: say which version this server speaks.
+        let mut refusal = ApiError::new(
             ErrorCode::BadFrame,
-            "expected a WebSocket handshake (version 13)",
+            "unsupported WebSocket version; this server speaks 13",
         )
         .into_response();
-    };
+        *refusal.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        refusal.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return refusal;
+    }
     let cookie_token = if origin_allowed(headers, &state.config.settings.allowed_origins) {
         auth::cookie_token(headers)
     } else {
