@@ -63,6 +63,42 @@ pub(crate) fn parse_kind(text: &str) -> RoomKind {
     }
 }
 
+/// A freshly stored message, as its `message_created` event: everything it shows was just
+/// written, so a send need not read it back.
+pub(crate) struct NewMessage {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub seq: RoomSeq,
+    pub author: UserInfo,
+    pub client_msg_id: natter_protocol::ClientMsgId,
+    pub body: String,
+    pub at: i64,
+}
+
+impl NewMessage {
+    pub fn into_event(self) -> EventRecord {
+        EventRecord {
+            room_id: self.room_id,
+            seq: self.seq,
+            at: self.at,
+            actor: self.author.id,
+            event: RoomEvent::MessageCreated {
+                message: Message {
+                    id: self.id,
+                    room_id: self.room_id,
+                    seq: self.seq,
+                    author: self.author,
+                    client_msg_id: self.client_msg_id,
+                    body: self.body,
+                    created_at: self.at,
+                    edited_at: None,
+                    deleted: false,
+                },
+            },
+        }
+    }
+}
+
 /// One `room_events` row, as `EVENT_SELECT` reads it, with the message it points at (read by the
 /// caller for message events).
 pub(crate) struct EventColumns {

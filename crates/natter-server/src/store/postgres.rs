@@ -9,7 +9,8 @@
 //! Migrations run at start under an advisory lock, so nodes starting together apply them once.
 
 use super::{
-    EVENT_SELECT, EventColumns, MESSAGE_SELECT, kind_str, parse_kind, parse_role, role_str,
+    EVENT_SELECT, EventColumns, MESSAGE_SELECT, NewMessage, kind_str, parse_kind, parse_role,
+    role_str,
 };
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
@@ -559,26 +560,18 @@ async fn apply_change(
             }
             let row = event("message_created", Some(message_id), None, None);
             insert_event_row(client, room_id, at_seq, actor, now, row).await?;
-            // Everything the event shows was just written: no need to read it back.
-            fresh(EventRecord {
-                room_id,
-                seq: at_seq,
-                at: now,
-                actor,
-                event: natter_protocol::RoomEvent::MessageCreated {
-                    message: Message {
-                        id: message_id,
-                        room_id,
-                        seq: at_seq,
-                        author,
-                        client_msg_id,
-                        body,
-                        created_at: now,
-                        edited_at: None,
-                        deleted: false,
-                    },
-                },
-            })
+            fresh(
+                NewMessage {
+                    id: message_id,
+                    room_id,
+                    seq: at_seq,
+                    author,
+                    client_msg_id,
+                    body,
+                    at: now,
+                }
+                .into_event(),
+            )
         }
         Change::Edit { message_id, body } => {
             live_message(client, room_id, message_id).await?;

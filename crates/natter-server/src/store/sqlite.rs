@@ -11,7 +11,8 @@
 
 use super::schema::MIGRATIONS;
 use super::{
-    EVENT_SELECT, EventColumns, MESSAGE_SELECT, kind_str, parse_kind, parse_role, role_str,
+    EVENT_SELECT, EventColumns, MESSAGE_SELECT, NewMessage, kind_str, parse_kind, parse_role,
+    role_str,
 };
 use async_trait::async_trait;
 use natter_core::ports::store::{
@@ -616,30 +617,22 @@ fn apply_change(
                 role: None,
             };
             insert_event_row(conn, room_id, seq, actor, now, row)?;
-            // Everything the event shows was just written: no need to read it back.
-            fresh(EventRecord {
-                room_id,
-                seq,
-                at: now,
-                actor,
-                event: natter_protocol::RoomEvent::MessageCreated {
-                    message: Message {
-                        id: message_id,
-                        room_id,
-                        seq,
-                        author: UserInfo {
-                            id: actor,
-                            username,
-                            display_name,
-                        },
-                        client_msg_id,
-                        body,
-                        created_at: now,
-                        edited_at: None,
-                        deleted: false,
+            fresh(
+                NewMessage {
+                    id: message_id,
+                    room_id,
+                    seq,
+                    author: UserInfo {
+                        id: actor,
+                        username,
+                        display_name,
                     },
-                },
-            })
+                    client_msg_id,
+                    body,
+                    at: now,
+                }
+                .into_event(),
+            )
         }
         Change::Edit { message_id, body } => {
             live_message(conn, room_id, message_id)?;
