@@ -100,10 +100,5 @@ pub async fn request(
 
 /// The number after `"key":` in a frame.
 pub fn number_after(text: &str, key: &str) -> Option<u64> {
-    let start = text.find(&format!(r#""{key}":"#))? + key.len() + 3;
-    let digits: String = text[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    crate::wire::number_after(text.as_bytes(), format!(r#""{key}":"#).as_bytes())
 }
