@@ -2,8 +2,8 @@
 //! must keep, whatever sits above it. Written against `dyn Store` so another backend runs the
 //! same suite.
 
-use natter_core::ports::store::{Change, Positions, Store, StoreError, TokenId};
-use natter_protocol::{ClientMsgId, Role, RoomKind, RoomSeq, UserId};
+use natter_core::ports::store::{Appended, Change, Positions, Store, StoreError, TokenId};
+use natter_protocol::{ClientMsgId, Role, RoomId, RoomKind, RoomSeq, UserId};
 use std::sync::Arc;
 
 /// Runs each contract test against every store: `sqlite::name` and `postgres::name`.
@@ -35,6 +35,7 @@ contract!(
     the_first_user_is_admin_and_closed_registration_refuses_the_rest,
     read_positions_only_move_forward_and_count_unread_messages_and_mentions,
     a_direct_message_is_one_room_per_set_of_members,
+    sends_submitted_together_are_stored_in_order_and_each_refusal_stands_alone,
 );
 
 async fn user(store: &Arc<dyn Store>, name: &str) -> UserId {
@@ -44,6 +45,29 @@ async fn user(store: &Arc<dyn Store>, name: &str) -> UserId {
         .unwrap()
         .info
         .id
+}
+
+async fn channel(store: &Arc<dyn Store>, owner: UserId, name: &str) -> RoomId {
+    store
+        .create_channel(owner, RoomKind::Public, name, "", 0)
+        .await
+        .unwrap()
+        .0
+}
+
+/// Adds `user` to `room` as a member; the join event's sequence.
+async fn join(store: &Arc<dyn Store>, room: RoomId, user: UserId) -> RoomSeq {
+    let joined = Change::AddMember {
+        user_id: user,
+        role: Role::Member,
+        invited_by: None,
+    };
+    store
+        .append(room, user, joined, 0)
+        .await
+        .unwrap()
+        .record
+        .seq
 }
 
 fn send(id: &str) -> Change {
@@ -61,22 +85,11 @@ async fn concurrent_appends_get_gapless_strictly_increasing_sequences_per_room(
     for i in 0..8 {
         writers.push(user(&store, &format!("u{i}")).await);
     }
-    let (room_a, _) = store
-        .create_channel(writers[0], RoomKind::Public, "a", "", 0)
-        .await
-        .unwrap();
-    let (room_b, _) = store
-        .create_channel(writers[0], RoomKind::Public, "b", "", 0)
-        .await
-        .unwrap();
-    for (i, writer) in writers.iter().enumerate().skip(1) {
+    let room_a = channel(&store, writers[0], "a").await;
+    let room_b = channel(&store, writers[0], "b").await;
+    for writer in &writers[1..] {
         for room in [room_a, room_b] {
-            let change = Change::AddMember {
-                user_id: *writer,
-                role: Role::Member,
-                invited_by: None,
-            };
-            store.append(room, *writer, change, i as i64).await.unwrap();
+            join(&store, room, *writer).await;
         }
     }
     let tasks: Vec<_> = writers
@@ -248,16 +261,8 @@ async fn read_positions_only_move_forward_and_count_unread_messages_and_mentions
 ) {
     let ana = user(&store, "ana").await;
     let bo = user(&store, "bo").await;
-    let (room, _) = store
-        .create_channel(ana, RoomKind::Public, "r", "", 0)
-        .await
-        .unwrap();
-    let joined = Change::AddMember {
-        user_id: bo,
-        role: Role::Member,
-        invited_by: None,
-    };
-    let join = store.append(room, bo, joined, 0).await.unwrap().record.seq;
+    let room = channel(&store, ana, "r").await;
+    let join = join(&store, room, bo).await;
     for (n, body) in ["one", "hi @bo", "three"].iter().enumerate() {
         let change = Change::Send {
             client_msg_id: ClientMsgId(format!("m{n}")),
@@ -338,4 +343,115 @@ async fn a_direct_message_is_one_room_per_set_of_members(store: Arc<dyn Store>) 
             .collect::<Vec<_>>(),
         [bo]
     );
+}
+
+/// Sends submitted together (as pipelined sends are) share a group commit on a store that
+/// groups them; a refused or retried send among them must come out exactly as it would alone,
+/// and what each caller is told must be what is stored.
+async fn sends_submitted_together_are_stored_in_order_and_each_refusal_stands_alone(
+    store: Arc<dyn Store>,
+) {
+    let ana = user(&store, "ana").await;
+    let bo = user(&store, "bo").await;
+    let eve = user(&store, "eve").await;
+    let room_a = channel(&store, ana, "a").await;
+    let room_b = channel(&store, ana, "b").await;
+    join(&store, room_a, bo).await;
+    let earlier = store.append(room_a, ana, send("earlier"), 1).await.unwrap();
+
+    let mention_bo = Change::Send {
+        client_msg_id: ClientMsgId("hi-bo".into()),
+        body: "hi @bo".into(),
+        mentions: vec!["bo".into()],
+    };
+    let batch: Vec<(RoomId, UserId, Change)> = vec![
+        (room_a, ana, send("a1")),
+        (room_b, ana, send("b1")),
+        (room_a, eve, send("not-a-member")),
+        (room_a, bo, send("bo1")),
+        (room_a, ana, send("earlier")),
+        (room_a, ana, mention_bo),
+        (room_b, ana, send("b2")),
+        (RoomId(999_999), ana, send("nowhere")),
+        (room_a, ana, send("a2")),
+    ];
+    let mut results = submit_together(&store, batch).await;
+    let seq_of = |results: &[Result<Appended, StoreError>], i: usize| {
+        results[i].as_ref().unwrap().record.seq.0
+    };
+    let base = earlier.record.seq.0;
+    if store.keeps_submission_order() {
+        assert_eq!(
+            [0, 3, 5, 8].map(|i| seq_of(&results, i)),
+            [base + 1, base + 2, base + 3, base + 4],
+            "room a's sends numbered in the order submitted"
+        );
+        assert_eq!(
+            [1, 6].map(|i| seq_of(&results, i)),
+            [2, 3],
+            "room b's likewise"
+        );
+    }
+    assert_eq!(
+        results[2].as_ref().unwrap_err(),
+        &StoreError::Forbidden("you are not a member of this room")
+    );
+    assert_eq!(
+        results[7].as_ref().unwrap_err(),
+        &StoreError::NotFound("room")
+    );
+    let retry = results[4].as_ref().unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        retry.record, earlier.record,
+        "a retry answers the first message"
+    );
+
+    // The same client_msg_id twice in one batch: the first is stored, the second answers it.
+    let again = vec![
+        (room_a, ana, send("c1")),
+        (room_a, ana, send("c1")),
+        (room_a, ana, send("c2")),
+    ];
+    let again = submit_together(&store, again).await;
+    let (first, repeat) = (again[0].as_ref().unwrap(), again[1].as_ref().unwrap());
+    assert!(!first.duplicate && repeat.duplicate);
+    assert_eq!(repeat.record, first.record);
+    if store.keeps_submission_order() {
+        assert_eq!(seq_of(&again, 2), seq_of(&again, 0) + 1);
+    }
+    results.extend(again);
+
+    // What each sender was told is exactly what is stored.
+    for room in [room_a, room_b] {
+        let stored = store
+            .events_after(room, RoomSeq::ZERO, None, 100)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = stored.iter().map(|e| e.seq.0).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "gapless");
+        for result in results
+            .iter()
+            .flatten()
+            .filter(|r| r.record.room_id == room)
+        {
+            let found = stored.iter().find(|e| e.seq == result.record.seq);
+            assert_eq!(found, Some(&result.record));
+        }
+    }
+    let info = store.room(room_a, bo).await.unwrap().unwrap();
+    assert_eq!(info.mentions, 1, "the mention in the batch is recorded");
+}
+
+/// Appends every change at once, submitted in order (join_all first polls its futures in order).
+async fn submit_together(
+    store: &Arc<dyn Store>,
+    batch: Vec<(RoomId, UserId, Change)>,
+) -> Vec<Result<Appended, StoreError>> {
+    futures_util::future::join_all(
+        batch
+            .into_iter()
+            .map(|(room, actor, change)| store.append(room, actor, change, 5)),
+    )
+    .await
 }

@@ -6,7 +6,11 @@
 //! and strictly increasing. Commits are durable with the server's `synchronous_commit` (on by
 //! default); concurrent commits share WAL flushes.
 //!
+//! Sends, the hot path, are committed in groups (`group`): many sends per transaction.
+//!
 //! Migrations run at start under an advisory lock, so nodes starting together apply them once.
+
+mod group;
 
 use super::{
     EVENT_SELECT, EventColumns, MESSAGE_SELECT, NewMessage, kind_str, parse_kind, parse_role,
@@ -159,6 +163,10 @@ const MIGRATION_LOCK: i64 = 0x6e61_7474_6572;
 
 pub struct PostgresStore {
     pool: Pool,
+    /// The queue to the group-commit task; taken at `close`, which then refuses new sends.
+    sends: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<group::Pending>>>,
+    /// Disconnects when the group-commit task has answered every queued send.
+    sends_done: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -668,7 +676,18 @@ impl PostgresStore {
             .recycle_timeout(timeout)
             .build()
             .map_err(unavailable)?;
-        let store = PostgresStore { pool };
+        let (sends, queue) = tokio::sync::mpsc::unbounded_channel();
+        let (done, sends_done) = std::sync::mpsc::channel::<()>();
+        let committing = pool.clone();
+        tokio::spawn(async move {
+            group::run(committing, queue).await;
+            drop(done);
+        });
+        let store = PostgresStore {
+            pool,
+            sends: std::sync::Mutex::new(Some(sends)),
+            sends_done: std::sync::Mutex::new(Some(sends_done)),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -717,18 +736,68 @@ impl PostgresStore {
         &self,
         work: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut client = self.client().await?;
-        let tx = db(client.transaction().await)?;
-        let result = work(&tx).await?;
-        db(tx.commit().await)?;
-        Ok(result)
+        write(&self.pool, work).await
     }
+}
+
+/// Runs `work` in a transaction and commits it; a store error rolls it back.
+async fn write<T>(
+    pool: &Pool,
+    work: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut client = pool.get().await.map_err(unavailable)?;
+    let tx = db(client.transaction().await)?;
+    let result = work(&tx).await?;
+    db(tx.commit().await)?;
+    Ok(result)
+}
+
+/// One change in a transaction of its own. A send retried into another room at the same moment,
+/// a deadlock, a serialization failure: a second attempt sees the winner's commit.
+async fn append_alone(
+    pool: &Pool,
+    room_id: RoomId,
+    actor: UserId,
+    change: Change,
+    now: i64,
+) -> Result<Appended, StoreError> {
+    for _ in 0..2 {
+        let result = write(pool, async |tx| {
+            apply_change(tx, room_id, actor, change.clone(), now).await
+        })
+        .await;
+        match result {
+            Err(error) if error == RETRY => continue,
+            other => return other,
+        }
+    }
+    write(pool, async |tx| {
+        apply_change(tx, room_id, actor, change, now).await
+    })
+    .await
 }
 
 #[async_trait]
 impl Store for PostgresStore {
     async fn health(&self) -> Result<(), StoreError> {
         db(self.client().await?.query_one_cached("SELECT 1", &[]).await).map(|_| ())
+    }
+
+    /// Stops taking sends and waits (blocking, a bounded time) until every queued one is answered.
+    fn close(&self) {
+        self.sends.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let done = self
+            .sends_done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(done) = done {
+            let _ = done.recv_timeout(std::time::Duration::from_secs(10));
+        }
+    }
+
+    fn keeps_submission_order(&self) -> bool {
+        true
     }
 
     async fn create_user(
@@ -934,19 +1003,37 @@ impl Store for PostgresStore {
         change: Change,
         now: i64,
     ) -> Result<Appended, StoreError> {
-        // A send retried into another room at the same moment, a deadlock, a serialization
-        // failure: a second attempt sees the winner's commit.
-        for _ in 0..2 {
-            let result = self
-                .write(async |tx| apply_change(tx, room_id, actor, change.clone(), now).await)
-                .await;
-            match result {
-                Err(error) if error == RETRY => continue,
-                other => return other,
-            }
+        let Change::Send {
+            client_msg_id,
+            body,
+            mentions,
+        } = change
+        else {
+            return append_alone(&self.pool, room_id, actor, change, now).await;
+        };
+        // Queued before the first await: sends are stored in the order their futures first ran.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = group::Pending {
+            room_id,
+            actor,
+            client_msg_id,
+            body,
+            mentions,
+            now,
+            reply,
+        };
+        let queued = self
+            .sends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|sends| sends.send(pending).is_ok());
+        if !queued {
+            return Err(StoreError::Unavailable("the store is shutting down".into()));
         }
-        self.write(async |tx| apply_change(tx, room_id, actor, change, now).await)
+        answer
             .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the send was not committed".into())))
     }
 
     async fn room(&self, room_id: RoomId, viewer: UserId) -> Result<Option<RoomInfo>, StoreError> {
