@@ -973,7 +973,11 @@ impl Store for SqliteStore {
     async fn rooms_of(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError> {
         self.read(move |conn| {
             // One read transaction: every last_seq comes from the same snapshot.
-            db(conn.execute_batch("BEGIN"))?;
+            let run = |sql: &str| {
+                conn.prepare_cached(sql)
+                    .and_then(|mut stmt| stmt.execute([]))
+            };
+            db(run("BEGIN"))?;
             let memberships = conn
                 .prepare_cached(&format!("{ROOM_SELECT} WHERE v.user_id = ?1 ORDER BY r.id"))
                 .and_then(|mut stmt| {
@@ -986,7 +990,7 @@ impl Store for SqliteStore {
                     .collect::<rusqlite::Result<Vec<_>>>()
                 });
             // A pooled connection must not go back with its transaction open.
-            let ended = conn.execute_batch(if memberships.is_ok() {
+            let ended = run(if memberships.is_ok() {
                 "COMMIT"
             } else {
                 "ROLLBACK"
