@@ -240,6 +240,28 @@ impl Hub {
         }
     }
 
+    /// Sends every session a `heartbeat` frame every `every`, so that clients on every transport
+    /// can tell a quiet server from a dead one. One timer for the node rather than one per
+    /// session: thousands of idle sessions would each hold one. Stops when the hub is dropped.
+    pub fn spawn_heartbeats(&self, every: std::time::Duration) {
+        let state = Arc::downgrade(&self.state);
+        tokio::spawn(async move {
+            let frame: Arc<str> = Arc::from(codec::encode(&ServerFrame::Heartbeat));
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(state) = state.upgrade() else {
+                    return;
+                };
+                let state = state.lock().unwrap_or_else(|e| e.into_inner());
+                for entry in state.sessions.values() {
+                    entry.outbox.push(Outbound::Ephemeral(frame.clone()));
+                }
+            }
+        });
+    }
+
     /// Tells every session to end with `code` (used at shutdown).
     pub fn close_all(&self, code: CloseCode) {
         for entry in self.lock().sessions.values() {
@@ -344,6 +366,28 @@ mod tests {
                 [Outbound::Notice(_), Outbound::Event { .. }]
             ));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_reach_every_session_each_interval_and_stop_with_the_hub() {
+        let hub = Hub::new();
+        let outboxes = [Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8))];
+        for (n, outbox) in outboxes.iter().enumerate() {
+            hub.register(UserId(n as i64), TokenId([0; 32]), outbox.clone());
+        }
+        hub.spawn_heartbeats(std::time::Duration::from_secs(1));
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        for outbox in &outboxes {
+            let items = take_now(outbox);
+            assert_eq!(items.len(), 2);
+            assert!(items.iter().all(|item| matches!(
+                item,
+                Outbound::Ephemeral(frame) if frame.contains("heartbeat")
+            )));
+        }
+        drop(hub);
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        assert!(take_now(&outboxes[0]).is_empty());
     }
 
     #[test]

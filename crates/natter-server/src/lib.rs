@@ -112,6 +112,7 @@ impl Server {
             }
             _ => App::single_node(store.clone(), limits),
         };
+        app.hub.spawn_heartbeats(app.limits.heartbeat_interval());
         let dummy_hash = auth::dummy_hash()
             .await
             .map_err(|e| StartError::Auth(format!("{e:?}")))?;

@@ -115,10 +115,10 @@ impl Outbox {
         if let Some(code) = state.closed {
             return Err(code);
         }
-        // Taken whole when the taker has nothing yet: the queue's buffer is freed, so an idle
-        // connection keeps none (the next push allocates a new one).
+        // Taken whole when the taker has nothing yet: the queue's buffer moves to the taker,
+        // so an idle connection's outbox keeps none (the next push allocates a new one).
         if out.is_empty() {
-            out.extend(std::mem::take(&mut state.queue));
+            *out = Vec::from(std::mem::take(&mut state.queue));
         } else {
             out.extend(state.queue.drain(..));
         }

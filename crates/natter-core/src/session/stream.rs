@@ -114,17 +114,6 @@ pub struct SessionStream {
     rooms: HashMap<RoomId, RoomCursor>,
     catch_up: VecDeque<RoomId>,
     items: Vec<Outbound>,
-    /// When the next `heartbeat` frame is due. Kept here rather than in a task of its own: a
-    /// task per connection is memory that thousands of idle connections multiply.
-    heartbeat_due: Instant,
-}
-
-/// The `heartbeat` frame, encoded once for every session.
-fn heartbeat_frame() -> Arc<str> {
-    static FRAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    FRAME
-        .get_or_init(|| Arc::from(codec::encode(&ServerFrame::Heartbeat)))
-        .clone()
 }
 
 impl SessionStream {
@@ -153,7 +142,6 @@ impl SessionStream {
             rooms,
             catch_up,
             items: Vec::new(),
-            heartbeat_due: Instant::now() + app.limits.heartbeat_interval(),
             app,
         }
     }
@@ -162,17 +150,12 @@ impl SessionStream {
     /// `Err` ends the connection with that close code.
     pub async fn next(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Closed> {
         if !self.first.is_empty() {
-            out.append(&mut self.first);
+            out.extend(std::mem::take(&mut self.first));
             return Ok(());
         }
         loop {
-            // So that the client can tell a quiet server from a dead one on every transport.
-            let now = Instant::now();
-            if now >= self.heartbeat_due {
-                out.push(heartbeat_frame());
-                self.heartbeat_due = now + self.app.limits.heartbeat_interval();
-            }
-            // Live frames first: take whatever is queued without waiting.
+            // Live frames first: take whatever is queued without waiting. (Heartbeats come
+            // through the outbox too, from the hub's one timer for every session.)
             self.outbox.try_take(&mut self.items)?;
             self.apply_items(out).await?;
             if let Some(room_id) = self.catch_up.pop_front() {
@@ -193,12 +176,17 @@ impl SessionStream {
                 .filter_map(|cursor| cursor.gap_since)
                 .min()
                 .map(|since| since + wait);
-            let deadline =
-                gap_deadline.map_or(self.heartbeat_due, |gap| gap.min(self.heartbeat_due));
-            match tokio::time::timeout_at(deadline, self.outbox.take(&mut self.items)).await {
-                Ok(taken) => taken?,
-                // A heartbeat falls due at the top of the loop.
-                Err(_elapsed) => self.schedule_expired_gaps(wait),
+            // Waiting without a timer unless a gap needs one: an idle session then holds no
+            // timer, and a busy one arms none per wake.
+            match gap_deadline {
+                None => self.outbox.take(&mut self.items).await?,
+                Some(deadline) => {
+                    let wait_for_items = self.outbox.take(&mut self.items);
+                    match Box::pin(tokio::time::timeout_at(deadline, wait_for_items)).await {
+                        Ok(taken) => taken?,
+                        Err(_elapsed) => self.schedule_expired_gaps(wait),
+                    }
+                }
             }
         }
     }
@@ -226,8 +214,8 @@ impl SessionStream {
     }
 
     async fn apply_items(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Closed> {
-        let mut items = std::mem::take(&mut self.items);
-        for item in items.drain(..) {
+        // Taken whole, buffer and all: an idle session keeps no buffer.
+        for item in std::mem::take(&mut self.items) {
             match item {
                 Outbound::Frame(frame) | Outbound::Ephemeral(frame) => out.push(frame),
                 Outbound::Event {
@@ -237,29 +225,31 @@ impl SessionStream {
                     leaving,
                 } => {
                     let leaves = leaving == Some(self.user_id);
-                    self.apply_event(room_id, seq, Held { frame, leaves }, out)
-                        .await?;
+                    // Delivering is synchronous; only a re-join after a leave reads the store.
+                    let held = Held { frame, leaves };
+                    if let Some(from_seq) = self.apply_event(room_id, seq, held, out) {
+                        Box::pin(self.start_room(room_id, from_seq, out)).await?;
+                    }
                 }
                 Outbound::Notice(notice) => Box::pin(self.apply_notice(notice, out)).await?,
                 Outbound::Resync => Box::pin(self.resync(out)).await?,
             }
         }
-        self.items = items;
         Ok(())
     }
 
-    async fn apply_event(
+    /// Delivers or holds one live event. Returns the join to follow the room again from, when
+    /// this event ended the membership and a re-join is known (the caller starts the room).
+    fn apply_event(
         &mut self,
         room_id: RoomId,
         seq: RoomSeq,
         held: Held,
         out: &mut Vec<Arc<str>>,
-    ) -> Result<(), Closed> {
-        let Some(cursor) = self.rooms.get_mut(&room_id) else {
-            return Ok(());
-        };
+    ) -> Option<RoomSeq> {
+        let cursor = self.rooms.get_mut(&room_id)?;
         if seq <= cursor.delivered || cursor.until.is_some_and(|until| seq > until) {
-            return Ok(());
+            return None;
         }
         if cursor.held.is_empty() && seq == cursor.delivered.next() {
             // The common case, in order with nothing held: no map work per delivery.
@@ -271,7 +261,7 @@ impl SessionStream {
         if cursor.held.len() > MAX_HELD {
             self.schedule(room_id);
         }
-        self.after_progress(room_id, out).await
+        self.finish_if_left(room_id, out)
     }
 
     async fn apply_notice(
@@ -353,11 +343,19 @@ impl SessionStream {
         room_id: RoomId,
         out: &mut Vec<Arc<str>>,
     ) -> Result<(), Closed> {
-        let Some(cursor) = self.rooms.get(&room_id) else {
-            return Ok(());
-        };
+        match self.finish_if_left(room_id, out) {
+            Some(from_seq) => Box::pin(self.start_room(room_id, from_seq, out)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Once the user's membership of a room has ended (its `member_left` delivered), stops
+    /// following it (`room_removed`). Returns the re-join to follow it again from, if one is
+    /// known; otherwise the session unsubscribes.
+    fn finish_if_left(&mut self, room_id: RoomId, out: &mut Vec<Arc<str>>) -> Option<RoomSeq> {
+        let cursor = self.rooms.get(&room_id)?;
         if !cursor.finished() {
-            return Ok(());
+            return None;
         }
         let rejoin = cursor.rejoin;
         self.rooms.remove(&room_id);
@@ -365,13 +363,10 @@ impl SessionStream {
         out.push(Arc::from(codec::encode(&ServerFrame::RoomRemoved {
             room_id,
         })));
-        match rejoin {
-            Some(from_seq) => Box::pin(self.start_room(room_id, from_seq, out)).await,
-            None => {
-                self.app.hub.unsubscribe(self.key, room_id);
-                Ok(())
-            }
+        if rejoin.is_none() {
+            self.app.hub.unsubscribe(self.key, room_id);
         }
+        rejoin
     }
 
     /// Reads one page of the room's events after its cursor from the store.

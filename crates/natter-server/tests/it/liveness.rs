@@ -1,6 +1,6 @@
 //! Liveness: presence, typing, delivery and read receipts, unread counts.
 
-use crate::support::raw::RawSocket;
+use crate::support::raw::{RawSocket, Received};
 use crate::support::*;
 use natter_client::protocol::frame::{Request, ServerFrame};
 use natter_client::protocol::{ErrorCode, PresenceStatus, RoomId, RoomSeq, UserId, Visibility};
@@ -164,6 +164,27 @@ async fn a_connection_that_dies_without_a_goodbye_goes_offline_after_the_heartbe
         started.elapsed() >= Duration::from_millis(700),
         "not before the heartbeat timeout"
     );
+}
+
+#[tokio::test]
+async fn an_idle_session_gets_a_heartbeat_every_interval() {
+    let server = TestServer::start_with(|s| {
+        s.limits.heartbeat_interval_ms = 150;
+        s.limits.heartbeat_timeout_ms = 10_000;
+    })
+    .await;
+    let ana = server.user("ana").await;
+    let mut quiet = RawSocket::authenticated(&server.base_url, &ana.token).await;
+    for n in 0..3 {
+        assert_eq!(
+            quiet.recv_any().await,
+            Received::Frame(ServerFrame::Heartbeat),
+            "heartbeat {n}: nothing else happens on this connection"
+        );
+    }
+    // And the connection is as alive as the heartbeats say.
+    let pong = quiet.request(r#"{"id":1,"type":"ping"}"#).await;
+    assert!(matches!(pong, ServerFrame::Pong { .. }), "{pong:?}");
 }
 
 #[tokio::test]

@@ -202,10 +202,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }
             write_all_vectored(&mut self.io, &mut slices).await?;
         }
-        if self.headers.capacity() > 64 {
-            // A burst made the batch large; an idle connection should not keep its space.
-            self.headers = Vec::new();
-        }
+        // An idle connection keeps no buffer; one allocation per batch is nothing beside the
+        // write itself.
+        self.headers = Vec::new();
         self.broken = false;
         Ok(())
     }

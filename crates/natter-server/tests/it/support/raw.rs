@@ -86,15 +86,23 @@ impl RawSocket {
     /// The next frame that is not a heartbeat, or the close.
     pub async fn recv(&mut self) -> Received {
         loop {
+            match self.recv_any().await {
+                Received::Frame(ServerFrame::Heartbeat) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next frame, heartbeats included, or the close.
+    pub async fn recv_any(&mut self) -> Received {
+        loop {
             let next = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
                 .await
                 .expect("a frame within 10 s");
             match next {
                 Some(Ok(Message::Text(text))) => {
                     let frame = codec::decode_server_frame(&text).expect("server frame");
-                    if frame != ServerFrame::Heartbeat {
-                        return Received::Frame(frame);
-                    }
+                    return Received::Frame(frame);
                 }
                 Some(Ok(Message::Close(frame))) => {
                     return Received::Closed(frame.map(|f| u16::from(f.code)));
