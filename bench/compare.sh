@@ -2,14 +2,16 @@
 # natter and the Socket.IO 4 baseline side by side (docs/benchmarks.md). Each server runs alone,
 # pinned to core 0; the load generator runs on core 1. Every JSON line natter-bench prints goes
 # to the results file; bench/plot.py draws the figures from it.
-# Usage: bench/compare.sh [RESULTS.jsonl]   (about 15 minutes)
+# Usage: bench/compare.sh [RESULTS.jsonl]   (about 20 minutes)
 # Needs: Node 20 and `npm ci` in $SOCKETIO_DIR (default ../shared/bench/socketio); PostgreSQL on
-# 127.0.0.1:5432 (user root, database test) for the PostgreSQL durable run.
+# 127.0.0.1:5432 (user root; `natter_bench` is dropped and created afresh) and psql for the
+# PostgreSQL durable runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench/results/$(date +%F).jsonl}"
 sio_dir="${SOCKETIO_DIR:-../shared/bench/socketio}"
-pg_url="${NATTER_BENCH_PG:-postgres://root@127.0.0.1:5432/test}"
+pg_admin="${NATTER_BENCH_PG_ADMIN:-postgres://root@127.0.0.1:5432/test}"
+pg_url="${NATTER_BENCH_PG:-postgres://root@127.0.0.1:5432/natter_bench}"
 cargo build --release --locked -p natter-server -p natter-bench
 [ -d "$sio_dir/node_modules" ] || (cd "$sio_dir" && npm ci)
 ulimit -n 20000
@@ -56,12 +58,17 @@ done
 start_natter
 run durable --database sqlite
 run durable --database sqlite --in-flight 32
-for rate in 1000 4000 9000; do  # ack latency at fixed loads (9,000/s: about half the maximum)
+for rate in 1000 10000 18000; do  # ack latency at fixed loads (18,000/s: about half the maximum)
     run durable --database sqlite --in-flight 32 --rate "$rate" --seconds 8
 done
 run storm --clients 15000
+# PostgreSQL: a fresh database for each run, so that earlier runs' rows do not weigh on it.
+psql "$pg_admin" -qc "DROP DATABASE IF EXISTS natter_bench" -c "CREATE DATABASE natter_bench"
 start_natter --database-url "$pg_url"
 run durable --database postgres
-run durable --database postgres --rate 750
+run durable --database postgres --in-flight 32
+for rate in 10000 15000; do  # 10,000/s: half the 20,000/s target; 15,000/s: half the maximum
+    run durable --database postgres --in-flight 32 --rate "$rate" --seconds 8
+done
 stop_server
 echo "results: $out" >&2
