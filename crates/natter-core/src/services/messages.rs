@@ -14,6 +14,10 @@ fn check_body(app: &App, body: &str) -> Result<(), ServiceError> {
     if body.trim().is_empty() {
         return Err(ServiceError::invalid("`body` must not be empty"));
     }
+    // PostgreSQL's text cannot hold U+0000; refused on every store, so both behave alike.
+    if body.contains('\0') {
+        return Err(ServiceError::invalid("`body` must not contain U+0000"));
+    }
     if body.len() > app.limits.max_message_bytes {
         return Err(ServiceError::new(
             ErrorCode::TooLarge,

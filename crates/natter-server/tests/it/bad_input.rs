@@ -92,6 +92,13 @@ async fn invalid_values_are_refused_before_anything_is_stored() {
         ),
         (
             format!(
+                r#"{{"id":16,"type":"send","room_id":{},"client_msg_id":"nul","body":"a\u0000b"}}"#,
+                room.id
+            ),
+            ErrorCode::InvalidField,
+        ),
+        (
+            format!(
                 r#"{{"id":4,"type":"send","room_id":{},"client_msg_id":"{long_id}","body":"hi"}}"#,
                 room.id
             ),

@@ -21,10 +21,14 @@
 //! - **No deadlocks between groups.** A group locks its rooms in id order before touching them,
 //!   on every node, so two groups sharing rooms queue behind each other instead.
 //!
-//! A send that `CHECK` refuses (not a member, an unknown room, a retried `client_msg_id`) is
-//! stored by nothing in the group; it then takes the single-send path, which says why. If the
-//! group fails as a whole (a lost connection, a conflict), nothing of it was committed, and each
-//! of its sends takes the single-send path in order. Both happen before the next group.
+//! A send that `CHECK` refuses (not a member, an unknown room, a retried `client_msg_id`, also
+//! one repeated within the group) is stored by nothing in the group; once the group's stored
+//! sends are answered, it takes the single-send path, which says why. If the database refuses
+//! the group as a whole (a conflict, a deadlock), nothing of it was committed, and each of its
+//! sends takes the single-send path in order. If the database cannot be reached (no connection,
+//! a lost one, no answer within `GROUP_TIMEOUT`), every send of the group is answered
+//! `unavailable` at once: its client retries with the same `client_msg_id`, which cannot store
+//! a message twice. All of this happens before the next group.
 //!
 //! Every statement's plan must stay linear in the group's size: PostgreSQL's generic plans
 //! guess ten rows for an `unnest`, and a join between two large intermediate results would be
@@ -117,24 +121,51 @@ pub(super) async fn run(pool: Pool, mut queue: mpsc::UnboundedReceiver<Pending>)
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         match commit(&pool, &mut connection, &group).await {
             Ok(stored) => {
+                // The stored sends are answered first; the refused ones then learn why.
+                let mut refused = Vec::new();
                 for (pending, stored) in group.drain(..).zip(stored) {
                     match stored {
                         Some(stored) => {
                             let (value, reply) = appended(stored, pending);
                             let _ = reply.send(Ok(value));
                         }
-                        None => alone(&pool, pending).await,
+                        None => refused.push(pending),
                     }
                 }
+                for pending in refused {
+                    alone(&pool, pending).await;
+                }
             }
-            Err(error) => {
-                tracing::debug!(%error, sends = group.len(), "group commit failed; sending one by one");
+            Err(Failed::Database(error)) => {
+                tracing::warn!(%error, sends = group.len(), "group commit failed; sending one by one");
                 for pending in group.drain(..) {
                     alone(&pool, pending).await;
                 }
             }
+            Err(Failed::Unreachable(error)) => {
+                // Sending one by one would wait on the database once per send. The clients
+                // retry with the same client_msg_id, so a group that did commit after all is
+                // not stored twice.
+                tracing::warn!(%error, sends = group.len(), "group commit failed: the database is unreachable");
+                for pending in group.drain(..) {
+                    let _ = pending.reply.send(Err(error.clone()));
+                }
+            }
         }
     }
+}
+
+/// How long a group may take before its connection is given up (a normal group takes
+/// milliseconds).
+const GROUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Why a group was not committed. Nothing of it was.
+enum Failed {
+    /// The database answered with an error (a conflict, a deadlock): each send, on its own,
+    /// will get its own answer.
+    Database(StoreError),
+    /// No connection, a broken one, or no answer in time.
+    Unreachable(StoreError),
 }
 
 /// One send on the single-send path, which explains a refusal or stores a retried group's send.
@@ -176,32 +207,51 @@ fn appended(stored: Stored, pending: Pending) -> (Appended, Reply) {
 }
 
 /// Commits one group. `Ok` holds, per send in queue order, what was stored for it (`None`:
-/// nothing, it takes the single-send path). `Err`: nothing of the group was committed.
+/// nothing, it takes the single-send path).
 async fn commit(
     pool: &Pool,
     connection: &mut Option<deadpool_postgres::Object>,
     group: &[Pending],
-) -> Result<Vec<Option<Stored>>, StoreError> {
-    let client = match connection.take() {
+) -> Result<Vec<Option<Stored>>, Failed> {
+    let client = match connection.take().filter(|client| !client.is_closed()) {
         Some(client) => client,
-        None => pool.get().await.map_err(unavailable)?,
+        None => pool
+            .get()
+            .await
+            .map_err(|error| Failed::Unreachable(unavailable(error)))?,
     };
-    let result = commit_on(&client, group).await;
-    if result.is_ok() {
-        *connection = Some(client);
-    } else {
-        // The transaction may still be open (a failure before COMMIT was sent): end it before
-        // the connection goes back to the pool. A broken connection is dropped by the pool.
-        let _ = client.batch_execute("ROLLBACK").await;
+    match tokio::time::timeout(GROUP_TIMEOUT, commit_on(&client, group)).await {
+        Ok(Ok(stored)) => {
+            *connection = Some(client);
+            Ok(stored)
+        }
+        Ok(Err(_)) | Err(_) if client.is_closed() => Err(Failed::Unreachable(
+            StoreError::Unavailable("the connection to the database was lost".into()),
+        )),
+        Ok(Err(error)) => {
+            // The transaction may still be open (a failure before COMMIT was sent): end it
+            // before the connection goes back to the pool.
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(Failed::Database(error))
+        }
+        Err(_elapsed) => {
+            // In an unknown state: never back to the pool.
+            drop(deadpool_postgres::Object::take(client));
+            Err(Failed::Unreachable(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            )))
+        }
     }
-    result
 }
 
 async fn commit_on(
     client: &deadpool_postgres::Object,
     group: &[Pending],
 ) -> Result<Vec<Option<Stored>>, StoreError> {
-    let begin = db(client.prepare_cached("BEGIN").await)?;
+    // Each statement must see what committed before it ran (CHECK after the locks are held).
+    let begin = db(client
+        .prepare_cached("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await)?;
     let lock = db(client.prepare_cached(LOCK_ROOMS).await)?;
     let check = db(client.prepare_cached(CHECK).await)?;
     let store = db(client.prepare_cached(STORE).await)?;
@@ -236,15 +286,21 @@ async fn commit_on(
     // Number the accepted sends of each room in queue order.
     let mut stored: Vec<Option<Stored>> = Vec::with_capacity(group.len());
     let mut columns = StoreColumns::default();
+    // A client_msg_id repeated within the group (a retry while the first was still queued) is
+    // stored once; the repeat goes on its own afterwards and is answered as a duplicate.
+    let mut ids_taken = std::collections::HashSet::new();
+    let mut advanced: HashMap<i64, i64> = HashMap::new();
     for (pending, ord) in group.iter().zip(1i64..) {
         let room = pending.room_id.0;
-        let (Some((username, display_name)), Some(last)) =
-            (shown.remove(&ord), last_seq.get_mut(&room))
+        let first_use = ids_taken.insert((pending.actor.0, pending.client_msg_id.0.as_str()));
+        let (true, Some((username, display_name)), Some(last)) =
+            (first_use, shown.remove(&ord), last_seq.get_mut(&room))
         else {
             stored.push(None);
             continue;
         };
         *last += 1;
+        advanced.insert(room, *last);
         columns.push(pending, *last);
         stored.push(Some(Stored {
             id: MessageId(0),
@@ -253,7 +309,7 @@ async fn commit_on(
             display_name,
         }));
     }
-    let (room_last, last_values): (Vec<i64>, Vec<i64>) = last_seq.into_iter().unzip();
+    let (room_last, last_values): (Vec<i64>, Vec<i64>) = advanced.into_iter().unzip();
 
     // Round trip 2: store, commit.
     let store_params: [&(dyn ToSql + Sync); 8] = [
