@@ -1,12 +1,12 @@
 //! The PostgreSQL `Store`: for production and for several nodes sharing one database.
 //!
-//! The same guarantees as SQLite, kept by PostgreSQL itself: each write is one transaction; a
-//! room's next sequence comes from `UPDATE rooms … RETURNING last_seq`, whose row lock
-//! serializes every writer to that room, on every node, until commit, so sequences stay gapless
-//! and strictly increasing. Commits are durable with the server's `synchronous_commit` (on by
-//! default); concurrent commits share WAL flushes.
+//! The same guarantees as SQLite, kept by PostgreSQL itself: every writer to a room first takes
+//! the room's row lock (`SELECT … FOR UPDATE`), which serializes the room's writers, on every
+//! node, until commit; sequences advance under it, so they stay gapless and strictly increasing.
+//! Commits are durable with the server's `synchronous_commit` (on by default).
 //!
-//! Sends, the hot path, are committed in groups (`group`): many sends per transaction.
+//! Sends, the hot path, are committed in groups (`group`): many sends per transaction. Every
+//! other change is a transaction of its own (`append_alone`).
 //!
 //! Migrations run at start under an advisory lock, so nodes starting together apply them once.
 
