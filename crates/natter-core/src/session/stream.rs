@@ -226,10 +226,8 @@ impl SessionStream {
                 } => {
                     let leaves = leaving == Some(self.user_id);
                     // Delivering is synchronous; only a re-join after a leave reads the store.
-                    let held = Held { frame, leaves };
-                    if let Some(from_seq) = self.apply_event(room_id, seq, held, out) {
-                        Box::pin(self.start_room(room_id, from_seq, out)).await?;
-                    }
+                    self.apply_event(room_id, seq, Held { frame, leaves }, out);
+                    self.after_progress(room_id, out).await?;
                 }
                 Outbound::Notice(notice) => Box::pin(self.apply_notice(notice, out)).await?,
                 Outbound::Resync => Box::pin(self.resync(out)).await?,
@@ -238,18 +236,13 @@ impl SessionStream {
         Ok(())
     }
 
-    /// Delivers or holds one live event. Returns the join to follow the room again from, when
-    /// this event ended the membership and a re-join is known (the caller starts the room).
-    fn apply_event(
-        &mut self,
-        room_id: RoomId,
-        seq: RoomSeq,
-        held: Held,
-        out: &mut Vec<Arc<str>>,
-    ) -> Option<RoomSeq> {
-        let cursor = self.rooms.get_mut(&room_id)?;
+    /// Delivers or holds one live event (the caller then runs `after_progress`).
+    fn apply_event(&mut self, room_id: RoomId, seq: RoomSeq, held: Held, out: &mut Vec<Arc<str>>) {
+        let Some(cursor) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
         if seq <= cursor.delivered || cursor.until.is_some_and(|until| seq > until) {
-            return None;
+            return;
         }
         if cursor.held.is_empty() && seq == cursor.delivered.next() {
             // The common case, in order with nothing held: no map work per delivery.
@@ -261,7 +254,6 @@ impl SessionStream {
         if cursor.held.len() > MAX_HELD {
             self.schedule(room_id);
         }
-        self.finish_if_left(room_id, out)
     }
 
     async fn apply_notice(
@@ -343,19 +335,11 @@ impl SessionStream {
         room_id: RoomId,
         out: &mut Vec<Arc<str>>,
     ) -> Result<(), Closed> {
-        match self.finish_if_left(room_id, out) {
-            Some(from_seq) => Box::pin(self.start_room(room_id, from_seq, out)).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Once the user's membership of a room has ended (its `member_left` delivered), stops
-    /// following it (`room_removed`). Returns the re-join to follow it again from, if one is
-    /// known; otherwise the session unsubscribes.
-    fn finish_if_left(&mut self, room_id: RoomId, out: &mut Vec<Arc<str>>) -> Option<RoomSeq> {
-        let cursor = self.rooms.get(&room_id)?;
+        let Some(cursor) = self.rooms.get(&room_id) else {
+            return Ok(());
+        };
         if !cursor.finished() {
-            return None;
+            return Ok(());
         }
         let rejoin = cursor.rejoin;
         self.rooms.remove(&room_id);
@@ -363,10 +347,13 @@ impl SessionStream {
         out.push(Arc::from(codec::encode(&ServerFrame::RoomRemoved {
             room_id,
         })));
-        if rejoin.is_none() {
-            self.app.hub.unsubscribe(self.key, room_id);
+        match rejoin {
+            Some(from_seq) => Box::pin(self.start_room(room_id, from_seq, out)).await,
+            None => {
+                self.app.hub.unsubscribe(self.key, room_id);
+                Ok(())
+            }
         }
-        rejoin
     }
 
     /// Reads one page of the room's events after its cursor from the store.

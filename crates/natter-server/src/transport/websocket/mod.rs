@@ -302,14 +302,15 @@ async fn run(
             // Answer the client's close, as RFC 6455 asks; the writer stops first (its lock is
             // released once it is cancelled).
             writing.abort();
-            let answer = async { writer.lock().await.close(NORMAL_CLOSURE, "").await };
-            // Boxed, as every rare path here: an idle connection's task should not carry it.
-            let _ = Box::pin(timeout(CLOSE_GRACE, answer)).await;
+            let _ = timeout(CLOSE_GRACE, async {
+                writer.lock().await.close(NORMAL_CLOSURE, "").await
+            })
+            .await;
         }
         ReadEnd::Close(code) => {
             // We closed the session: give the writer a moment to send the close frame.
             session.close(code);
-            if Box::pin(timeout(CLOSE_GRACE, &mut writing)).await.is_err() {
+            if timeout(CLOSE_GRACE, &mut writing).await.is_err() {
                 writing.abort();
             }
         }
