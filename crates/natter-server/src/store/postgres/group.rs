@@ -284,7 +284,8 @@ async fn commit_on(
         .collect();
 
     // Number the accepted sends of each room in queue order.
-    let mut stored: Vec<Option<Stored>> = Vec::with_capacity(group.len());
+    // Per send: its sequence and how its author is shown, if it is stored.
+    let mut accepted: Vec<Option<(i64, String, String)>> = Vec::with_capacity(group.len());
     let mut columns = StoreColumns::default();
     // A client_msg_id repeated within the group (a retry while the first was still queued) is
     // stored once; the repeat goes on its own afterwards and is answered as a duplicate.
@@ -296,18 +297,13 @@ async fn commit_on(
         let (true, Some((username, display_name)), Some(last)) =
             (first_use, shown.remove(&ord), last_seq.get_mut(&room))
         else {
-            stored.push(None);
+            accepted.push(None);
             continue;
         };
         *last += 1;
         advanced.insert(room, *last);
         columns.push(pending, *last);
-        stored.push(Some(Stored {
-            id: MessageId(0),
-            seq: *last,
-            username,
-            display_name,
-        }));
+        accepted.push(Some((*last, username, display_name)));
     }
     let (room_last, last_values): (Vec<i64>, Vec<i64>) = advanced.into_iter().unzip();
 
@@ -341,13 +337,25 @@ async fn commit_on(
         .collect();
     db(mentioned)?;
     db(committed)?;
-    for (pending, stored) in group.iter().zip(stored.iter_mut()) {
-        if let Some(stored) = stored {
-            let id = ids.get(&(pending.room_id.0, stored.seq)).copied();
-            stored.id = MessageId(id.ok_or(StoreError::Unavailable(
-                "a stored message was not returned".into(),
-            ))?);
-        }
+    let mut stored = Vec::with_capacity(group.len());
+    for (pending, accepted) in group.iter().zip(accepted) {
+        stored.push(match accepted {
+            None => None,
+            Some((seq, username, display_name)) => {
+                let id =
+                    ids.get(&(pending.room_id.0, seq))
+                        .copied()
+                        .ok_or(StoreError::Unavailable(
+                            "a stored message was not returned".into(),
+                        ))?;
+                Some(Stored {
+                    id: MessageId(id),
+                    seq,
+                    username,
+                    display_name,
+                })
+            }
+        });
     }
     Ok(stored)
 }
