@@ -45,6 +45,22 @@ pub(crate) fn parse_role(text: &str) -> Role {
     }
 }
 
+/// A direct or group conversation's identity, `rooms.dm_key`, and its kind: one room per set
+/// of members (given sorted and deduplicated), in both stores alike.
+pub(crate) fn dm_key(members: &[UserId]) -> (String, RoomKind) {
+    let key = members
+        .iter()
+        .map(|m| m.0.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let kind = if members.len() == 2 {
+        RoomKind::Dm
+    } else {
+        RoomKind::Group
+    };
+    (key, kind)
+}
+
 pub(crate) fn kind_str(kind: RoomKind) -> &'static str {
     match kind {
         RoomKind::Public => "public",

@@ -11,8 +11,8 @@
 
 use super::schema::MIGRATIONS;
 use super::{
-    EVENT_SELECT, EventColumns, MESSAGE_SELECT, NewMessage, kind_str, parse_kind, parse_role,
-    role_str,
+    EVENT_SELECT, EventColumns, MESSAGE_SELECT, NewMessage, dm_key, kind_str, parse_kind,
+    parse_role, role_str,
 };
 use async_trait::async_trait;
 use natter_core::ports::store::{
@@ -908,18 +908,13 @@ impl Store for SqliteStore {
     ) -> Result<(RoomId, Vec<EventRecord>), StoreError> {
         let members = members.to_vec();
         self.write(move |conn| {
-            let key = members
-                .iter()
-                .map(|m| m.0.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
+            let (key, kind) = dm_key(&members);
             let existing: Option<i64> = db(conn
                 .query_row("SELECT id FROM rooms WHERE dm_key = ?1", [&key], |r| r.get(0))
                 .optional())?;
             if let Some(id) = existing {
                 return Ok((RoomId(id), Vec::new()));
             }
-            let kind = if members.len() == 2 { RoomKind::Dm } else { RoomKind::Group };
             db(conn.execute(
                 "INSERT INTO rooms (kind, name, topic, dm_key, created_at) VALUES (?1, '', '', ?2, ?3)",
                 params![kind_str(kind), key, now],

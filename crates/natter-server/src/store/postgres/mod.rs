@@ -13,8 +13,8 @@
 mod group;
 
 use super::{
-    EVENT_SELECT, EventColumns, MESSAGE_SELECT, NewMessage, kind_str, parse_kind, parse_role,
-    role_str,
+    EVENT_SELECT, EventColumns, MESSAGE_SELECT, NewMessage, dm_key, kind_str, parse_kind,
+    parse_role, role_str,
 };
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
@@ -951,16 +951,7 @@ impl Store for PostgresStore {
         members: &[UserId],
         now: i64,
     ) -> Result<(RoomId, Vec<EventRecord>), StoreError> {
-        let key = members
-            .iter()
-            .map(|m| m.0.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let kind = if members.len() == 2 {
-            RoomKind::Dm
-        } else {
-            RoomKind::Group
-        };
+        let (key, kind) = dm_key(members);
         let created = self
             .write(async |tx| {
                 // Another node may create the same room at the same moment: the unique key
