@@ -2,7 +2,8 @@
 
 use crate::hub::Hub;
 use crate::in_process::InProcessBroker;
-use crate::ports::{Broker, Envelope, InProcessPresence, PresenceRegistry, Store};
+use crate::ports::store::Appended;
+use crate::ports::{Broker, Envelope, EventRecord, InProcessPresence, PresenceRegistry, Store};
 use crate::presence::PresenceTracker;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -191,6 +192,12 @@ impl App {
         hub: Hub,
         limits: Limits,
     ) -> App {
+        // Committed events reach this node's sessions from the commit path itself, in commit
+        // order; `publish_appended` then tells only the other nodes.
+        let listener = hub.clone();
+        store.listen(Arc::new(move |record: &EventRecord| {
+            listener.deliver(Envelope::Room(Arc::new(record.clone())));
+        }));
         App(Arc::new(AppParts {
             store,
             broker,
@@ -209,5 +216,21 @@ impl App {
         if let Err(error) = self.broker.publish(envelope).await {
             tracing::warn!(%error, "publish failed; subscribers will read the event from the store");
         }
+    }
+
+    /// Publishes what `Store::append` returned. This node's hub heard a new event from the
+    /// commit listener already, so only the other nodes are told. A retried send is published
+    /// everywhere again: the first attempt's caller may have lost its reply before the other
+    /// nodes heard of it; sessions drop what they have.
+    pub async fn publish_appended(&self, appended: Appended) -> EventRecord {
+        let record = Arc::new(appended.record);
+        let envelope = Envelope::Room(record.clone());
+        if appended.duplicate {
+            self.publish(envelope).await;
+        } else if let Err(error) = self.broker.publish_to_other_nodes(envelope).await {
+            tracing::warn!(%error, "publish failed; subscribers will read the event from the store");
+        }
+        // The brokers keep no envelope once published: this takes the record back uncopied.
+        Arc::unwrap_or_clone(record)
     }
 }

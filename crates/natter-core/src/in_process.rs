@@ -23,4 +23,9 @@ impl Broker for InProcessBroker {
         self.hub.deliver(envelope);
         Ok(())
     }
+
+    async fn publish_to_other_nodes(&self, _envelope: Envelope) -> Result<(), BrokerError> {
+        // A single node has no others.
+        Ok(())
+    }
 }

@@ -52,4 +52,7 @@ pub struct BrokerError(pub String);
 pub trait Broker: Send + Sync + 'static {
     /// Hands the envelope to every node's hub, this node's included, at most once.
     async fn publish(&self, envelope: Envelope) -> Result<(), BrokerError>;
+    /// Hands the envelope to every other node's hub, at most once: for an event this node's hub
+    /// had already from the store's commit listener.
+    async fn publish_to_other_nodes(&self, envelope: Envelope) -> Result<(), BrokerError>;
 }

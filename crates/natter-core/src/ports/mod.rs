@@ -8,5 +8,6 @@ pub mod store;
 pub use broker::{Broker, Envelope, UserNotice};
 pub use presence::{InProcessPresence, PresenceRegistry};
 pub use store::{
-    Change, EventRecord, HistoryPage, Membership, Store, StoreError, TokenId, UserRecord,
+    Change, CommitListener, EventRecord, HistoryPage, Membership, Store, StoreError, TokenId,
+    UserRecord,
 };

@@ -9,12 +9,23 @@
 //! - A `Change::Send` whose `(author, client_msg_id)` was stored before changes nothing and
 //!   returns the first message, marked `duplicate`.
 //! - Reads of the event stream return exactly the committed events, in sequence order.
+//! - The [`CommitListener`] hears every event `append` commits before that `append` returns.
 //! - Errors are typed: `StoreError::Unavailable` means "nothing was written, try again".
 
 use async_trait::async_trait;
 use natter_protocol::event::{Message, Role, RoomEvent, RoomInfo, RoomKind, UserInfo};
 use natter_protocol::frame::MemberInfo;
 use natter_protocol::{ClientMsgId, MessageId, RoomId, RoomSeq, UserId};
+use std::sync::Arc;
+
+/// Hears each event that [`Store::append`] commits (a retried send commits nothing) before that
+/// `append` returns. Writes that one queue commits (SQLite's writer, PostgreSQL's group commit of
+/// sends) are heard on that queue, in commit order; any other as its commit completes. The
+/// node's hub listens here: the callers' tasks run in whatever order the scheduler picks, and
+/// publishing from them would hand a room's events to its sessions out of sequence, each of
+/// which would then hold and reorder them (they still do, for what comes out of order). It must
+/// not block: the next group commit waits for it.
+pub type CommitListener = Arc<dyn Fn(&EventRecord) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -134,6 +145,9 @@ pub trait Store: Send + Sync + 'static {
     fn keeps_submission_order(&self) -> bool {
         false
     }
+
+    /// Sets the listener that hears every event `append` commits, replacing any earlier one.
+    fn listen(&self, listener: CommitListener);
 
     // --- accounts ---
 

@@ -3,12 +3,10 @@
 use super::ServiceError;
 use crate::App;
 use crate::now_ms;
-use crate::ports::Envelope;
 use crate::ports::store::{Change, EventRecord, HistoryPage, UserRecord};
 use natter_protocol::{
     ClientMsgId, ErrorCode, Message, MessageId, Role, RoomEvent, RoomId, RoomSeq,
 };
-use std::sync::Arc;
 
 fn check_body(app: &App, body: &str) -> Result<(), ServiceError> {
     if body.trim().is_empty() {
@@ -118,11 +116,9 @@ pub async fn send(
         );
         return Err(ServiceError::new(ErrorCode::Internal, "internal error"));
     };
-    let message = message.clone();
-    // A retry publishes again: if the first attempt's caller lost its reply (and perhaps its
-    // publish) the members still get the message; sessions drop it if they have it.
-    app.publish(Envelope::Room(Arc::new(appended.record))).await;
-    Ok((message, appended.duplicate))
+    let (message, duplicate) = (message.clone(), appended.duplicate);
+    app.publish_appended(appended).await;
+    Ok((message, duplicate))
 }
 
 async fn message_in_room(
@@ -146,9 +142,7 @@ pub(crate) async fn append_and_publish(
         .store
         .append(room_id, actor.info.id, change, now_ms())
         .await?;
-    let record = appended.record;
-    app.publish(Envelope::Room(Arc::new(record.clone()))).await;
-    Ok(record)
+    Ok(app.publish_appended(appended).await)
 }
 
 /// Only the author may edit a message.

@@ -32,25 +32,28 @@ fn require_channel(room: &RoomInfo) -> Result<(), ServiceError> {
     }
 }
 
-/// Publishes a room's new events and tells each new member's sessions to follow the room.
+/// Publishes a room's new events (from a store call other than `append`, which has no commit
+/// listener) and tells each new member's sessions to follow the room.
 async fn publish_new_members(app: &App, events: Vec<EventRecord>) {
     for record in events {
-        let added = match &record.event {
-            natter_protocol::RoomEvent::MemberJoined { user, .. } => Some(user.id),
-            _ => None,
-        };
-        let (room_id, seq) = (record.room_id, record.seq);
+        let (added, room_id, seq) = (new_member(&record), record.room_id, record.seq);
         app.publish(Envelope::Room(Arc::new(record))).await;
-        if let Some(user_id) = added {
-            app.publish(Envelope::User {
-                user_id,
-                notice: UserNotice::RoomAdded {
-                    room_id,
-                    from_seq: seq,
-                },
-            })
-            .await;
-        }
+        notify_new_member(app, added, room_id, seq).await;
+    }
+}
+
+fn new_member(record: &EventRecord) -> Option<UserId> {
+    match &record.event {
+        natter_protocol::RoomEvent::MemberJoined { user, .. } => Some(user.id),
+        _ => None,
+    }
+}
+
+/// Tells the new member's sessions to follow the room from its join event `from_seq`.
+async fn notify_new_member(app: &App, added: Option<UserId>, room_id: RoomId, from_seq: RoomSeq) {
+    if let Some(user_id) = added {
+        let notice = UserNotice::RoomAdded { room_id, from_seq };
+        app.publish(Envelope::User { user_id, notice }).await;
     }
 }
 
@@ -74,9 +77,9 @@ async fn add_member(
             now_ms(),
         )
         .await?;
-    let seq = appended.record.seq;
-    publish_new_members(app, vec![appended.record]).await;
-    Ok(seq)
+    let record = app.publish_appended(appended).await;
+    notify_new_member(app, new_member(&record), record.room_id, record.seq).await;
+    Ok(record.seq)
 }
 
 async fn remove_member(

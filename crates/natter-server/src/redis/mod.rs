@@ -138,6 +138,11 @@ impl Broker for RedisBroker {
         self.hub.deliver(envelope);
         self.publish_remote(payload).await
     }
+
+    async fn publish_to_other_nodes(&self, envelope: Envelope) -> Result<(), BrokerError> {
+        self.publish_remote(wire::encode(&self.node, &envelope))
+            .await
+    }
 }
 
 /// The node's one subscriber: reconnects with backoff, and after every (re)subscription asks all

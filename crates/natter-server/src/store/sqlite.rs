@@ -16,8 +16,8 @@ use super::{
 };
 use async_trait::async_trait;
 use natter_core::ports::store::{
-    Appended, Change, EventRecord, HistoryPage, Membership, Positions, Store, StoreError, TokenId,
-    UserRecord,
+    Appended, Change, CommitListener, EventRecord, HistoryPage, Membership, Positions, Store,
+    StoreError, TokenId, UserRecord,
 };
 use natter_protocol::frame::MemberInfo;
 use natter_protocol::{
@@ -48,6 +48,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_turns: Arc<tokio::sync::Semaphore>,
+    listener: std::sync::RwLock<Option<CommitListener>>,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -105,6 +106,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
             read_turns: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            listener: std::sync::RwLock::new(None),
         })
     }
 
@@ -119,6 +121,16 @@ impl SqliteStore {
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// Like `write`, and once the group is committed, `committed` sees the job's result on the
+    /// writer thread, before the caller does (and before the next group begins).
+    async fn write_then<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        committed: impl FnOnce(&T) + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, result) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
@@ -142,7 +154,11 @@ impl SqliteStore {
                 run("RELEASE job").is_ok()
             };
             let completion: Completion = Box::new(move |commit: Result<(), StoreError>| {
-                let _ = reply.send(commit.and(outcome));
+                let result = commit.and(outcome);
+                if let Ok(value) = &result {
+                    committed(value);
+                }
+                let _ = reply.send(result);
             });
             Some((completion, sound))
         });
@@ -936,6 +952,10 @@ impl Store for SqliteStore {
         true
     }
 
+    fn listen(&self, listener: CommitListener) {
+        *self.listener.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
     async fn append(
         &self,
         room_id: RoomId,
@@ -943,8 +963,21 @@ impl Store for SqliteStore {
         change: Change,
         now: i64,
     ) -> Result<Appended, StoreError> {
-        self.write(move |conn| apply_change(conn, room_id, actor, change, now))
-            .await
+        let listener = self
+            .listener
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let heard = move |appended: &Appended| {
+            if let Some(listener) = listener.filter(|_| !appended.duplicate) {
+                listener(&appended.record);
+            }
+        };
+        self.write_then(
+            move |conn| apply_change(conn, room_id, actor, change, now),
+            heard,
+        )
+        .await
     }
 
     async fn room(&self, room_id: RoomId, viewer: UserId) -> Result<Option<RoomInfo>, StoreError> {

@@ -36,6 +36,7 @@ contract!(
     read_positions_only_move_forward_and_count_unread_messages_and_mentions,
     a_direct_message_is_one_room_per_set_of_members,
     sends_submitted_together_are_stored_in_order_and_each_refusal_stands_alone,
+    the_commit_listener_hears_each_new_event_once_in_sequence_order,
 );
 
 async fn user(store: &Arc<dyn Store>, name: &str) -> UserId {
@@ -441,6 +442,80 @@ async fn sends_submitted_together_are_stored_in_order_and_each_refusal_stands_al
     }
     let info = store.room(room_a, bo).await.unwrap().unwrap();
     assert_eq!(info.mentions, 1, "the mention in the batch is recorded");
+}
+
+/// The node's hub hears committed events from the store's commit listener: each event that
+/// `append` commits, once and before that `append` returns; sends submitted together are heard
+/// in each room's sequence order (sessions need not reorder them); a refused send or a retry is
+/// not heard.
+async fn the_commit_listener_hears_each_new_event_once_in_sequence_order(store: Arc<dyn Store>) {
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hearing = heard.clone();
+    store.listen(Arc::new(move |record| {
+        hearing.lock().unwrap().push((record.room_id, record.seq));
+    }));
+    let heard = move || heard.lock().unwrap().clone();
+    let ana = user(&store, "ana").await;
+    let eve = user(&store, "eve").await;
+    let room_a = channel(&store, ana, "a").await;
+    let room_b = channel(&store, ana, "b").await;
+    assert_eq!(heard(), [], "creating a room is not an append");
+
+    let first = store.append(room_a, ana, send("first"), 1).await.unwrap();
+    assert_eq!(
+        heard(),
+        [(room_a, first.record.seq)],
+        "heard before append returned"
+    );
+
+    let batch = vec![
+        (room_a, ana, send("a1")),
+        (room_b, ana, send("b1")),
+        (room_a, eve, send("refused")),
+        (room_a, ana, send("first")),
+        (room_a, ana, send("a2")),
+        (room_b, ana, send("b2")),
+        (room_a, ana, send("a3")),
+    ];
+    let results = submit_together(&store, batch).await;
+    assert!(results[2].is_err() && results[3].as_ref().unwrap().duplicate);
+    let heard_now = heard();
+    assert_eq!(
+        heard_now.len(),
+        1 + 5,
+        "each new event once; no refusal, no retry"
+    );
+    for room in [room_a, room_b] {
+        let seqs: Vec<RoomSeq> = heard_now
+            .iter()
+            .filter(|(r, _)| *r == room)
+            .map(|(_, seq)| *seq)
+            .collect();
+        let mut stored: Vec<RoomSeq> = results
+            .iter()
+            .flatten()
+            .chain([&first])
+            .filter(|a| a.record.room_id == room && !a.duplicate)
+            .map(|a| a.record.seq)
+            .collect();
+        stored.sort();
+        assert_eq!(seqs, stored, "room {room}: heard in sequence order");
+    }
+
+    let message_id = match &first.record.event {
+        natter_protocol::RoomEvent::MessageCreated { message } => message.id,
+        other => panic!("a send made {other:?}"),
+    };
+    let edit = Change::Edit {
+        message_id,
+        body: "edited".into(),
+    };
+    let edited = store.append(room_a, ana, edit, 2).await.unwrap();
+    assert_eq!(
+        heard().last(),
+        Some(&(room_a, edited.record.seq)),
+        "other changes are heard too"
+    );
 }
 
 /// Appends every change at once, submitted in order (join_all first polls its futures in order).

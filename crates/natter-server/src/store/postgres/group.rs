@@ -34,7 +34,7 @@
 //! guess ten rows for an `unnest`, and a join between two large intermediate results would be
 //! planned as nested loops. So each statement joins the sends only to indexed tables.
 
-use super::{append_alone, db, seq, unavailable};
+use super::{Listener, append_alone, db, seq, unavailable};
 use crate::store::NewMessage;
 use deadpool_postgres::Pool;
 use futures_util::future::maybe_done;
@@ -113,7 +113,11 @@ impl Pending {
 }
 
 /// Takes queued sends and commits them in groups until the queue closes and is empty.
-pub(super) async fn run(pool: Pool, mut queue: mpsc::UnboundedReceiver<Pending>) {
+pub(super) async fn run(
+    pool: Pool,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    listener: Listener,
+) {
     let mut group = Vec::new();
     // One connection for group after group, so its caches and statement plans stay warm; after
     // a failure, the next group takes another.
@@ -127,19 +131,20 @@ pub(super) async fn run(pool: Pool, mut queue: mpsc::UnboundedReceiver<Pending>)
                     match stored {
                         Some(stored) => {
                             let (value, reply) = appended(stored, pending);
+                            listener.hear(&value);
                             let _ = reply.send(Ok(value));
                         }
                         None => refused.push(pending),
                     }
                 }
                 for pending in refused {
-                    alone(&pool, pending).await;
+                    alone(&pool, &listener, pending).await;
                 }
             }
             Err(Failed::Database(error)) => {
                 tracing::warn!(%error, sends = group.len(), "group commit failed; sending one by one");
                 for pending in group.drain(..) {
-                    alone(&pool, pending).await;
+                    alone(&pool, &listener, pending).await;
                 }
             }
             Err(Failed::Unreachable(error)) => {
@@ -169,10 +174,14 @@ enum Failed {
 }
 
 /// One send on the single-send path, which explains a refusal or stores a retried group's send.
-async fn alone(pool: &Pool, pending: Pending) {
+async fn alone(pool: &Pool, listener: &Listener, pending: Pending) {
     let (room_id, actor, now) = (pending.room_id, pending.actor, pending.now);
     let (change, reply) = pending.into_change();
-    let _ = reply.send(append_alone(pool, room_id, actor, change, now).await);
+    let result = append_alone(pool, room_id, actor, change, now).await;
+    if let Ok(appended) = &result {
+        listener.hear(appended);
+    }
+    let _ = reply.send(result);
 }
 
 type Reply = oneshot::Sender<Result<Appended, StoreError>>;

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use natter_core::ports::store::{
-    Appended, Change, EventRecord, HistoryPage, Membership, Positions, Store, StoreError, TokenId,
-    UserRecord,
+    Appended, Change, CommitListener, EventRecord, HistoryPage, Membership, Positions, Store,
+    StoreError, TokenId, UserRecord,
 };
 use natter_protocol::frame::MemberInfo;
 use natter_protocol::{
@@ -167,6 +167,24 @@ pub struct PostgresStore {
     sends: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<group::Pending>>>,
     /// Disconnects when the group-commit task has answered every queued send.
     sends_done: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    listener: Listener,
+}
+
+/// The commit listener, shared with the group-commit task.
+#[derive(Clone, Default)]
+pub(super) struct Listener(std::sync::Arc<std::sync::RwLock<Option<CommitListener>>>);
+
+impl Listener {
+    /// Tells the listener of a committed append.
+    pub(super) fn hear(&self, appended: &Appended) {
+        if appended.duplicate {
+            return;
+        }
+        let listener = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(listener) = listener {
+            listener(&appended.record);
+        }
+    }
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -679,14 +697,17 @@ impl PostgresStore {
         let (sends, queue) = tokio::sync::mpsc::unbounded_channel();
         let (done, sends_done) = std::sync::mpsc::channel::<()>();
         let committing = pool.clone();
+        let listener = Listener::default();
+        let heard = listener.clone();
         tokio::spawn(async move {
-            group::run(committing, queue).await;
+            group::run(committing, queue, heard).await;
             drop(done);
         });
         let store = PostgresStore {
             pool,
             sends: std::sync::Mutex::new(Some(sends)),
             sends_done: std::sync::Mutex::new(Some(sends_done)),
+            listener,
         };
         store.migrate().await?;
         Ok(store)
@@ -798,6 +819,10 @@ impl Store for PostgresStore {
 
     fn keeps_submission_order(&self) -> bool {
         true
+    }
+
+    fn listen(&self, listener: CommitListener) {
+        *self.listener.0.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
     }
 
     async fn create_user(
@@ -1000,7 +1025,9 @@ impl Store for PostgresStore {
             mentions,
         } = change
         else {
-            return append_alone(&self.pool, room_id, actor, change, now).await;
+            let appended = append_alone(&self.pool, room_id, actor, change, now).await?;
+            self.listener.hear(&appended);
+            return Ok(appended);
         };
         // Queued before the first await: sends are stored in the order their futures first ran.
         let (reply, answer) = tokio::sync::oneshot::channel();
