@@ -29,7 +29,8 @@ struct Entry {
     user_id: UserId,
     token: TokenId,
     outbox: Arc<Outbox>,
-    rooms: HashSet<RoomId>,
+    /// Sorted. A vector: every connection has an entry, and most follow a few rooms.
+    rooms: Vec<RoomId>,
 }
 
 #[derive(Default)]
@@ -43,15 +44,18 @@ struct State {
 impl State {
     fn subscribe(&mut self, key: SessionKey, room_id: RoomId) {
         if let Some(entry) = self.sessions.get_mut(&key)
-            && entry.rooms.insert(room_id)
+            && let Err(index) = entry.rooms.binary_search(&room_id)
         {
+            entry.rooms.insert(index, room_id);
             self.by_room.entry(room_id).or_default().insert(key);
         }
     }
 
     fn unsubscribe(&mut self, key: SessionKey, room_id: RoomId) {
-        if let Some(entry) = self.sessions.get_mut(&key) {
-            entry.rooms.remove(&room_id);
+        if let Some(entry) = self.sessions.get_mut(&key)
+            && let Ok(index) = entry.rooms.binary_search(&room_id)
+        {
+            entry.rooms.remove(index);
         }
         if let Some(keys) = self.by_room.get_mut(&room_id) {
             keys.remove(&key);
@@ -92,7 +96,7 @@ impl Hub {
                 user_id,
                 token,
                 outbox,
-                rooms: HashSet::new(),
+                rooms: Vec::new(),
             },
         );
         state.by_user.entry(user_id).or_default().insert(key);

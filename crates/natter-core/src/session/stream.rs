@@ -21,7 +21,7 @@ use crate::hub::{SessionKey, leaving_member};
 use crate::ports::broker::UserNotice;
 use natter_protocol::frame::ServerFrame;
 use natter_protocol::{CloseCode, RoomId, RoomSeq, UserId, codec};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -102,6 +102,57 @@ impl RoomCursor {
     }
 }
 
+/// A session's room cursors, sorted by room: a vector, not a hash map, because most sessions
+/// follow a few rooms and every idle connection keeps its map (a one-room hash map took 370
+/// bytes, this one 90). Lookups are binary searches; rooms are added and removed rarely.
+#[derive(Default)]
+struct Cursors(Vec<(RoomId, RoomCursor)>);
+
+impl Cursors {
+    fn position(&self, room_id: RoomId) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&room_id, |(id, _)| *id)
+    }
+
+    fn get(&self, room_id: RoomId) -> Option<&RoomCursor> {
+        let index = self.position(room_id).ok()?;
+        Some(&self.0[index].1)
+    }
+
+    fn get_mut(&mut self, room_id: RoomId) -> Option<&mut RoomCursor> {
+        let index = self.position(room_id).ok()?;
+        Some(&mut self.0[index].1)
+    }
+
+    fn contains(&self, room_id: RoomId) -> bool {
+        self.position(room_id).is_ok()
+    }
+
+    fn insert(&mut self, room_id: RoomId, cursor: RoomCursor) {
+        match self.position(room_id) {
+            Ok(index) => self.0[index].1 = cursor,
+            Err(index) => self.0.insert(index, (room_id, cursor)),
+        }
+    }
+
+    fn remove(&mut self, room_id: RoomId) {
+        if let Ok(index) = self.position(room_id) {
+            self.0.remove(index);
+        }
+    }
+
+    fn room_ids(&self) -> impl Iterator<Item = RoomId> + '_ {
+        self.0.iter().map(|(id, _)| *id)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &RoomCursor> {
+        self.0.iter().map(|(_, cursor)| cursor)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (RoomId, &mut RoomCursor)> {
+        self.0.iter_mut().map(|(id, cursor)| (*id, cursor))
+    }
+}
+
 /// Why a stream ended: the close code to send the client.
 pub type Closed = CloseCode;
 
@@ -111,7 +162,7 @@ pub struct SessionStream {
     user_id: UserId,
     outbox: Arc<Outbox>,
     first: Vec<Arc<str>>,
-    rooms: HashMap<RoomId, RoomCursor>,
+    rooms: Cursors,
     catch_up: VecDeque<RoomId>,
     items: Vec<Outbound>,
 }
@@ -126,7 +177,7 @@ impl SessionStream {
         cursors: Vec<(RoomId, RoomSeq, Option<RoomSeq>)>,
     ) -> SessionStream {
         let catch_up = cursors.iter().map(|(room_id, ..)| *room_id).collect();
-        let rooms = cursors
+        let mut rooms: Vec<(RoomId, RoomCursor)> = cursors
             .into_iter()
             .map(|(room_id, seq, rejoin)| {
                 let mut cursor = RoomCursor::new(seq);
@@ -134,6 +185,9 @@ impl SessionStream {
                 (room_id, cursor)
             })
             .collect();
+        rooms.sort_unstable_by_key(|(room_id, _)| *room_id);
+        rooms.dedup_by_key(|(room_id, _)| *room_id);
+        let rooms = Cursors(rooms);
         SessionStream {
             key,
             user_id,
@@ -172,7 +226,7 @@ impl SessionStream {
             let wait = std::time::Duration::from_millis(self.app.limits.reorder_wait_ms);
             let gap_deadline = self
                 .rooms
-                .values()
+                .iter()
                 .filter_map(|cursor| cursor.gap_since)
                 .min()
                 .map(|since| since + wait);
@@ -205,7 +259,7 @@ impl SessionStream {
             .filter(|(_, cursor)| cursor.gap_since.is_some_and(|since| since + wait <= now))
             .map(|(room_id, cursor)| {
                 cursor.gap_since = None;
-                *room_id
+                room_id
             })
             .collect();
         for room_id in expired {
@@ -238,7 +292,7 @@ impl SessionStream {
 
     /// Delivers or holds one live event (the caller then runs `after_progress`).
     fn apply_event(&mut self, room_id: RoomId, seq: RoomSeq, held: Held, out: &mut Vec<Arc<str>>) {
-        let Some(cursor) = self.rooms.get_mut(&room_id) else {
+        let Some(cursor) = self.rooms.get_mut(room_id) else {
             return;
         };
         if seq <= cursor.delivered || cursor.until.is_some_and(|until| seq > until) {
@@ -268,7 +322,7 @@ impl SessionStream {
         // Subscribe again in case this session unsubscribed after an earlier leave that the
         // hub processed after this notice (idempotent otherwise).
         self.app.hub.subscribe(self.key, [room_id]);
-        match self.rooms.get_mut(&room_id) {
+        match self.rooms.get_mut(room_id) {
             Some(cursor) => {
                 // Already following the room: this join lies ahead of the cursor, behind a leave
                 // not yet seen, or it is the join the cursor already passed.
@@ -284,7 +338,7 @@ impl SessionStream {
 
     /// Catches up every room, and starts following rooms joined while notices may have been lost.
     async fn resync(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Closed> {
-        let rooms: Vec<RoomId> = self.rooms.keys().copied().collect();
+        let rooms: Vec<RoomId> = self.rooms.room_ids().collect();
         for room_id in rooms {
             self.schedule(room_id);
         }
@@ -296,7 +350,7 @@ impl SessionStream {
             .map_err(|_| CloseCode::Resume)?;
         for membership in memberships {
             let room_id = membership.room.id;
-            if !self.rooms.contains_key(&room_id) {
+            if !self.rooms.contains(room_id) {
                 self.app.hub.subscribe(self.key, [room_id]);
                 self.start_room(room_id, membership.joined_seq, out).await?;
             }
@@ -335,14 +389,14 @@ impl SessionStream {
         room_id: RoomId,
         out: &mut Vec<Arc<str>>,
     ) -> Result<(), Closed> {
-        let Some(cursor) = self.rooms.get(&room_id) else {
+        let Some(cursor) = self.rooms.get(room_id) else {
             return Ok(());
         };
         if !cursor.finished() {
             return Ok(());
         }
         let rejoin = cursor.rejoin;
-        self.rooms.remove(&room_id);
+        self.rooms.remove(room_id);
         self.catch_up.retain(|id| *id != room_id);
         out.push(Arc::from(codec::encode(&ServerFrame::RoomRemoved {
             room_id,
@@ -362,7 +416,7 @@ impl SessionStream {
         room_id: RoomId,
         out: &mut Vec<Arc<str>>,
     ) -> Result<(), Closed> {
-        let Some(cursor) = self.rooms.get(&room_id) else {
+        let Some(cursor) = self.rooms.get(room_id) else {
             return Ok(());
         };
         let events = self
@@ -375,7 +429,7 @@ impl SessionStream {
                 tracing::warn!(%error, %room_id, "catch-up read failed; closing the session");
                 CloseCode::Resume
             })?;
-        let Some(cursor) = self.rooms.get_mut(&room_id) else {
+        let Some(cursor) = self.rooms.get_mut(room_id) else {
             return Ok(());
         };
         let full_page = events.len() as u32 == CATCH_UP_PAGE;
