@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# natter and the Socket.IO 4 baseline side by side (docs/benchmarks.md). Each server runs alone,
-# pinned to core 0; the load generator runs on core 1. Every JSON line natter-bench prints goes
-# to the results file; bench/plot.py draws the figures from it.
-# Usage: bench/compare.sh [RESULTS.jsonl]   (about 20 minutes)
+# natter, the Socket.IO 4 baseline and the no-logic broadcaster (`natter-bench limit-server`, the
+# floor) side by side (docs/benchmarks.md). Each server runs alone, pinned to core 0; the load
+# generator runs on core 1. Fan-out runs three times per rate, the servers taking turns, so that
+# medians can be compared. Every JSON line natter-bench prints goes to the results file;
+# bench/plot.py draws the figures from it and prints the medians and ratios.
+# Usage: bench/compare.sh [RESULTS.jsonl]   (about 25 minutes)
 # Needs: Node 20 and `npm ci` in $SOCKETIO_DIR (default ../shared/bench/socketio); PostgreSQL on
 # 127.0.0.1:5432 (user root; `natter_bench` is dropped and created afresh) and psql for the
 # PostgreSQL durable runs.
@@ -30,6 +32,13 @@ start_natter() { # [extra serve args]
     wait_for http://127.0.0.1:18094/healthz
     url=http://127.0.0.1:18094
 }
+start_limit() {
+    stop_server
+    taskset -c 0 target/release/natter-bench limit-server --listen 127.0.0.1:3200 2>/dev/null &
+    pid=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/3200) 2>/dev/null && break; sleep 0.1; done
+    url=http://127.0.0.1:3200
+}
 start_socketio() {
     stop_server
     taskset -c 0 node "$sio_dir/server.js" --port 3100 >/dev/null &
@@ -42,15 +51,22 @@ run() { # scenario args…
     taskset -c 1 target/release/natter-bench "$@" --url "$url" --server-pid "$pid" | tee /dev/stderr | grep '^{' >> "$out"
 }
 
-for server in natter socketio; do
+servers="natter socketio limit"
+for server in $servers; do
     for connections in 2000 7000 15000; do
         "start_$server"
         run idle --server "$server" --connections "$connections" --seconds 5
     done
-    for rate in 100 300 600; do
-        "start_$server"
-        run fanout --server "$server" --rate "$rate" --seconds 10
+done
+for round in 1 2 3; do
+    for rate in 100 300 600 1000; do
+        for server in $servers; do
+            "start_$server"
+            run fanout --server "$server" --rate "$rate" --seconds 10
+        done
     done
+done
+for server in $servers; do
     "start_$server"
     run max --server "$server" --rate 200 --step 1.5 --seconds 5
 done

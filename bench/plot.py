@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""Draws docs/benchmarks.md's figures from the JSON lines bench/compare.sh collected.
+"""Draws docs/benchmarks.md's figures from the JSON lines bench/compare.sh collected, and prints
+the fan-out medians and ratios the tables quote.
 
 Usage: bench/plot.py RESULTS.jsonl [OUT_DIR]   (writes latency.svg and memory.svg; standard
 library only, so it runs wherever the benchmarks do)
 """
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
-COLORS = {"natter": "#1f6feb", "socketio": "#d1242f"}
-LABELS = {"natter": "natter", "socketio": "Socket.IO 4.8 (Node 20)"}
+COLORS = {"natter": "#1f6feb", "socketio": "#d1242f", "limit": "#6e7781"}
+LABELS = {
+    "natter": "natter",
+    "socketio": "Socket.IO 4.8 (Node 20)",
+    "limit": "no-logic broadcaster (the floor)",
+}
 W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 420, 80, 30, 40, 60
 
 
@@ -87,23 +93,51 @@ def chart(title, xlabel, ylabel, series, logy=False, ymin=None):
 def main():
     rows = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines() if line.startswith("{")]
     out_dir = Path(sys.argv[2] if len(sys.argv) > 2 else "docs")
-    latency, memory = {}, {}
+    runs, memory = {}, {}
     for row in rows:
         steps = row.get("steps", [row]) if row.get("scenario") in ("fanout", "max") else []
         for step in steps:
             p99 = (step.get("latency_ms") or {}).get("p99")
             if p99 and step.get("deliveries_per_s"):
-                latency.setdefault(step["server"], []).append((step["deliveries_per_s"], p99))
+                runs.setdefault((step["server"], step["rate"]), []).append(
+                    dict(step, scenario=row["scenario"]))
         if row.get("scenario") == "idle" and row.get("server_rss_after_kib"):
             rss = (row["server_rss_after_kib"] - row["server_rss_before_kib"]) / 1024
             memory.setdefault(row["server"], []).append((row["connections"], rss))
     (out_dir / "bench-latency.svg").write_text(chart(
         "Fan-out, 10 rooms × 100 members: p99 latency against throughput (one server core)",
-        "deliveries per second", "p99 latency, ms (log scale)", latency, logy=True))
+        "deliveries per second", "p99 latency, ms (log scale)", medians(runs), logy=True))
     (out_dir / "bench-memory.svg").write_text(chart(
         "Idle connections: server memory against connections",
         "connections", "server RSS added, MiB", memory))
     print(f"wrote {out_dir}/bench-latency.svg and {out_dir}/bench-memory.svg")
+    print_cpu(runs)
+
+
+def medians(runs):
+    """Per server, one (deliveries/s, p99) point per rate: the medians of its runs."""
+    series = {}
+    for (server, _), steps in runs.items():
+        x = statistics.median(s["deliveries_per_s"] for s in steps)
+        y = statistics.median(s["latency_ms"]["p99"] for s in steps)
+        series.setdefault(server, []).append((x, y))
+    return series
+
+
+def print_cpu(runs):
+    """Server CPU per delivery at each rate run more than once: medians, and their ratios."""
+    fanout = {
+        key: [s for s in steps if s["scenario"] == "fanout" and s.get("server_cpu_us_per_delivery")]
+        for key, steps in runs.items()
+    }
+    cpu = {key: statistics.median(s["server_cpu_us_per_delivery"] for s in steps)
+           for key, steps in fanout.items() if len(steps) > 1}
+    rates = sorted({rate for (_, rate) in cpu})
+    print("rate msg/s | µs per delivery (median): natter socketio limit | natter/socketio limit/socketio natter/limit")
+    for rate in rates:
+        n, s, l = (cpu.get((server, rate)) for server in ("natter", "socketio", "limit"))
+        ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
+        print(f"{rate:>10g} | {n or 0:6.2f} {s or 0:6.2f} {l or 0:6.2f} | {ratio(n, s)} {ratio(l, s)} {ratio(n, l)}")
 
 
 if __name__ == "__main__":

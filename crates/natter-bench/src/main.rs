@@ -17,6 +17,7 @@
 mod conn;
 mod durable;
 mod fanout;
+mod limit;
 mod presence;
 mod server;
 mod storm;
@@ -46,6 +47,8 @@ enum Scenario {
     Durable(durable::Args),
     /// Every client dropped at once: how long until all have resumed, and what was lost.
     Storm(storm::Args),
+    /// Not a scenario: the no-logic broadcaster that scenarios measure as `--server limit`.
+    LimitServer(limit::Args),
 }
 
 #[tokio::main]
@@ -58,6 +61,7 @@ async fn main() -> std::process::ExitCode {
         Scenario::Max(args) => fanout::max(args).await,
         Scenario::Durable(args) => durable::run(args).await,
         Scenario::Storm(args) => storm::run(args).await,
+        Scenario::LimitServer(args) => limit::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

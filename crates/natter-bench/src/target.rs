@@ -1,5 +1,6 @@
-//! The servers a scenario can drive: natter, or the Socket.IO 4 baseline
-//! (`../shared/bench/socketio`, Engine.IO v4 over WebSocket), doing the same work.
+//! The servers a scenario can drive: natter, the Socket.IO 4 baseline
+//! (`../shared/bench/socketio`, Engine.IO v4 over WebSocket), doing the same work, or the
+//! no-logic broadcaster (`natter-bench limit-server`) speaking the baseline's protocol.
 //!
 //! Both carry the send time in the message body as `"body":"t<microseconds>"`, so receivers of
 //! either measure latency by the same substring.
@@ -12,6 +13,14 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 pub enum Kind {
     Natter,
     Socketio,
+    Limit,
+}
+
+impl Kind {
+    /// Socket.IO's protocol (Engine.IO v4), which the limit server speaks too.
+    fn engine_io(self) -> bool {
+        matches!(self, Kind::Socketio | Kind::Limit)
+    }
 }
 
 /// Where the load goes and which protocol it speaks.
@@ -91,7 +100,7 @@ impl Target {
     /// whose sessions receive); on Socket.IO, room names.
     pub async fn rooms(&self, count: usize, prefix: &str) -> Result<Vec<Room>, Error> {
         match self.kind {
-            Kind::Socketio => Ok((0..count)
+            Kind::Socketio | Kind::Limit => Ok((0..count)
                 .map(|r| Room {
                     id: format!("{prefix}room{r}"),
                     sender_token: String::new(),
@@ -173,7 +182,7 @@ impl Target {
                 let (reader, writer, _welcome) = self.hello(token, None).await?;
                 Ok((reader, writer))
             }
-            Kind::Socketio => {
+            Kind::Socketio | Kind::Limit => {
                 let (mut reader, mut writer) = wire::connect(
                     self.addr,
                     self.local(),
@@ -198,7 +207,7 @@ impl Target {
     /// A connection that receives `room`'s messages.
     pub async fn member(&self, room: &Room) -> Result<(FrameReader, FrameWriter), Error> {
         let (mut reader, mut writer) = self.open(&room.member_token).await?;
-        if self.kind == Kind::Socketio {
+        if self.kind.engine_io() {
             join_socketio(&mut reader, &mut writer, &room.id).await?;
         }
         Ok((reader, writer))
@@ -208,7 +217,7 @@ impl Target {
     /// messages to rooms the socket is not in, and echoes them to the sender).
     pub async fn sender(&self, room: &Room) -> Result<(FrameReader, FrameWriter), Error> {
         let (mut reader, mut writer) = self.open(&room.sender_token).await?;
-        if self.kind == Kind::Socketio {
+        if self.kind.engine_io() {
             join_socketio(&mut reader, &mut writer, &room.id).await?;
         }
         Ok((reader, writer))
@@ -222,7 +231,7 @@ impl Target {
                 n + 10,
                 room.id
             ),
-            Kind::Socketio => format!(
+            Kind::Socketio | Kind::Limit => format!(
                 r#"42{}["msg",{{"room":"{}","body":"t{sent_us}","ts":0}}]"#,
                 n + 10,
                 room.id
@@ -234,7 +243,7 @@ impl Target {
     pub fn is_ack(&self, frame: &[u8]) -> bool {
         match self.kind {
             Kind::Natter => frame.starts_with(br#"{"type":"sent""#),
-            Kind::Socketio => frame.starts_with(b"43"),
+            Kind::Socketio | Kind::Limit => frame.starts_with(b"43"),
         }
     }
 }

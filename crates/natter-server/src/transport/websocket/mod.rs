@@ -280,7 +280,10 @@ async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
 }
 
 /// A connection after `hello`: this task reads and answers requests; `writing` writes.
-#[expect(clippy::manual_async_fn, reason = "an async fn would keep its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
 fn run(
     mut reader: Reader<ReadHalf<Io>>,
     writer: SharedWriter,
@@ -427,7 +430,10 @@ async fn next_answer(in_flight: &mut Option<FuturesOrdered<Answer<'_>>>) -> Opti
 ///
 /// A client that takes nothing for `write_timeout` is dropped: the writer ends, and with it the
 /// reader, so a closed session (logout, slow consumer) cannot linger behind a full socket.
-#[expect(clippy::manual_async_fn, reason = "an async fn would keep its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
 fn write_frames(
     writer: SharedWriter,
     mut stream: SessionStream,
