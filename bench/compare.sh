@@ -74,7 +74,7 @@ done
 start_natter
 run durable --database sqlite
 run durable --database sqlite --in-flight 32
-for rate in 1000 10000 18000; do  # ack latency at fixed loads (18,000/s: about half the maximum)
+for rate in 1000 10000 25000; do  # ack latency at fixed loads (25,000/s: half the 50,000/s target)
     run durable --database sqlite --in-flight 32 --rate "$rate" --seconds 8
 done
 run storm --clients 15000

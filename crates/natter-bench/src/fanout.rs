@@ -243,7 +243,7 @@ impl Fanout {
                 let (received, last_at, latencies) =
                     (received.clone(), last_at.clone(), latencies.clone());
                 tokio::spawn(async move {
-                    let mut ping = false;
+                    let mut asked: Option<Vec<u8>> = None;
                     loop {
                         let open = reader
                             .each_text(|frame| {
@@ -254,8 +254,8 @@ impl Fanout {
                                     }
                                     received.fetch_add(1, Ordering::Relaxed);
                                     last_at.fetch_max(now, Ordering::Relaxed);
-                                } else if frame == b"2" {
-                                    ping = true;
+                                } else if target::asks_for_life_sign(frame) {
+                                    asked = Some(frame.to_vec());
                                     return Flow::Stop;
                                 }
                                 Flow::Continue
@@ -264,8 +264,8 @@ impl Fanout {
                         if !matches!(open, Ok(true)) {
                             return;
                         }
-                        if std::mem::take(&mut ping)
-                            && target::keep_alive(&mut writer, b"2").await.is_err()
+                        if let Some(frame) = asked.take()
+                            && target::keep_alive(&mut writer, &frame).await.is_err()
                         {
                             return;
                         }

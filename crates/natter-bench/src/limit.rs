@@ -10,11 +10,15 @@
 
 use crate::conn::Error;
 use natter_protocol::websocket::{self, Opcode, Role};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
@@ -28,6 +32,12 @@ pub struct Args {
 
 /// Largest client message accepted; the scenarios send a few hundred bytes.
 const MAX_MESSAGE: usize = 64 * 1024;
+
+thread_local! {
+    /// Reads land here and only unparsed bytes are kept per connection, so an idle connection
+    /// holds no buffer (as natter's reader does).
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 16 * 1024].into_boxed_slice());
+}
 
 /// One connection's frames waiting for its writer.
 #[derive(Default)]
@@ -94,11 +104,14 @@ async fn connection(server: Arc<Server>, mut stream: TcpStream) {
 
 /// Answers the WebSocket handshake; the bytes read after it, if any.
 async fn upgrade(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut request = Vec::new();
-    let mut chunk = [0u8; 2048];
+    // Read into the vector itself: a buffer on the stack would live in every connection's future.
+    let mut request = Vec::with_capacity(2048);
     let end = loop {
-        let n = stream.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
-        request.extend_from_slice(&chunk[..n]);
+        stream
+            .read_buf(&mut request)
+            .await
+            .ok()
+            .filter(|n| *n > 0)?;
         if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
             break end + 4;
         }
@@ -151,7 +164,7 @@ async fn write_frames(mut write: OwnedWriteHalf, outbox: Arc<Outbox>) {
                 _ => return,
             }
         }
-        batch.clear();
+        batch = Vec::new();
     }
 }
 
@@ -164,7 +177,6 @@ async fn read_messages(
     outbox: &Arc<Outbox>,
 ) -> Vec<String> {
     let mut joined = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
     loop {
         // Every complete frame in the buffer, then more bytes.
         let mut at = 0;
@@ -195,9 +207,25 @@ async fn read_messages(
             at = end;
         }
         buf.drain(..at);
-        match read.read(&mut chunk).await {
-            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return joined,
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
+        let read = poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut into = ReadBuf::new(scratch);
+                match Pin::new(&mut read).poll_read(cx, &mut into) {
+                    Poll::Ready(Ok(())) => {
+                        buf.extend_from_slice(into.filled());
+                        Poll::Ready(into.filled().len())
+                    }
+                    Poll::Ready(Err(_)) => Poll::Ready(0),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+        })
+        .await;
+        if read == 0 {
+            return joined;
         }
     }
 }

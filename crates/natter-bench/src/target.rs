@@ -253,27 +253,37 @@ pub fn sent_at(frame: &[u8]) -> Option<u64> {
     wire::number_after(frame, br#""body":"t"#)
 }
 
-/// What a receiver does with a frame that is not a delivery: answer Engine.IO pings (`2`).
-pub async fn keep_alive(writer: &mut FrameWriter, frame: &[u8]) -> std::io::Result<()> {
-    if frame == b"2" {
-        writer.send_text("3").await?;
-    }
-    Ok(())
+/// True for a frame a receiver must answer to stay connected: an Engine.IO ping (`2`), or
+/// natter's `heartbeat` (natter closes a connection it hears nothing from for
+/// `heartbeat_timeout_ms`, 60 s by default, as it should; a long `max` run outlasts that).
+pub fn asks_for_life_sign(frame: &[u8]) -> bool {
+    frame == b"2" || frame.starts_with(br#"{"type":"heartbeat""#)
 }
 
-/// Reads and drops everything, answering Engine.IO pings, until the connection closes.
+/// Answers a frame for which `asks_for_life_sign` held: `3` to Engine.IO, a `ping` to natter.
+pub async fn keep_alive(writer: &mut FrameWriter, frame: &[u8]) -> std::io::Result<()> {
+    if frame == b"2" {
+        writer.send_text("3").await
+    } else {
+        writer.send_text(r#"{"id":1,"type":"ping"}"#).await
+    }
+}
+
+/// Reads and drops everything, answering pings and heartbeats, until the connection closes.
 pub async fn hold(reader: &mut FrameReader, writer: &mut FrameWriter) {
     loop {
+        let mut asked = Vec::new();
         let open = reader
             .each_text(|frame| {
-                if frame == b"2" {
+                if asks_for_life_sign(frame) {
+                    asked = frame.to_vec();
                     Flow::Stop
                 } else {
                     Flow::Continue
                 }
             })
             .await;
-        if !matches!(open, Ok(true)) || keep_alive(writer, b"2").await.is_err() {
+        if !matches!(open, Ok(true)) || keep_alive(writer, &asked).await.is_err() {
             return;
         }
     }
