@@ -194,9 +194,14 @@ impl App {
     ) -> App {
         // Committed events reach this node's sessions from the commit path itself, in commit
         // order; `publish_appended` then tells only the other nodes.
+        // A panic here would take the store's writer with it: it is caught and the event left to
+        // the sessions' catch-up from the store.
         let listener = hub.clone();
         store.listen(Arc::new(move |record: &EventRecord| {
-            listener.deliver(Envelope::Room(Arc::new(record.clone())));
+            let deliver = || listener.deliver(Envelope::Room(Arc::new(record.clone())));
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(deliver)).is_err() {
+                tracing::error!(room_id = %record.room_id, seq = %record.seq, "local delivery panicked");
+            }
         }));
         App(Arc::new(AppParts {
             store,
