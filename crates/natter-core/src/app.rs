@@ -193,9 +193,9 @@ impl App {
         limits: Limits,
     ) -> App {
         // Committed events reach this node's sessions from the commit path itself, in commit
-        // order; `publish_appended` then tells only the other nodes.
-        // A panic here would take the store's writer with it: it is caught and the event left to
-        // the sessions' catch-up from the store.
+        // order; `publish_appended` then tells only the other nodes. A panic here would take the
+        // store's writer with it: it is caught, and the sessions read the event from the store
+        // at their next gap.
         let listener = hub.clone();
         store.listen(Arc::new(move |record: &EventRecord| {
             let deliver = || listener.deliver(Envelope::Room(Arc::new(record.clone())));

@@ -10,10 +10,33 @@ pub mod sqlite;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use natter_core::ports::store::EventRecord;
+use natter_core::ports::store::{Appended, CommitListener, EventRecord};
 use natter_protocol::{
     Message, MessageId, Role, RoomEvent, RoomId, RoomKind, RoomSeq, UserId, UserInfo,
 };
+use std::sync::{Arc, RwLock};
+
+/// A store's commit listener, shared with whatever commits (SQLite's writer thread,
+/// PostgreSQL's group-commit task).
+#[derive(Clone, Default)]
+pub(crate) struct Listener(Arc<RwLock<Option<CommitListener>>>);
+
+impl Listener {
+    pub(crate) fn set(&self, listener: CommitListener) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
+    /// Tells the listener of a committed append; a retried send committed nothing.
+    pub(crate) fn hear(&self, appended: &Appended) {
+        if appended.duplicate {
+            return;
+        }
+        let listener = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(listener) = listener {
+            listener(&appended.record);
+        }
+    }
+}
 
 /// The SQL both stores read a message with (`m` the message, `u` its author).
 pub(crate) const MESSAGE_SELECT: &str =

@@ -11,7 +11,7 @@
 
 use super::schema::MIGRATIONS;
 use super::{
-    EVENT_SELECT, EventColumns, MESSAGE_SELECT, NewMessage, dm_key, kind_str, parse_kind,
+    EVENT_SELECT, EventColumns, Listener, MESSAGE_SELECT, NewMessage, dm_key, kind_str, parse_kind,
     parse_role, role_str,
 };
 use async_trait::async_trait;
@@ -48,7 +48,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_turns: Arc<tokio::sync::Semaphore>,
-    listener: std::sync::RwLock<Option<CommitListener>>,
+    listener: Listener,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -106,7 +106,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
             read_turns: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
-            listener: std::sync::RwLock::new(None),
+            listener: Listener::default(),
         })
     }
 
@@ -953,7 +953,7 @@ impl Store for SqliteStore {
     }
 
     fn listen(&self, listener: CommitListener) {
-        *self.listener.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+        self.listener.set(listener);
     }
 
     async fn append(
@@ -963,16 +963,8 @@ impl Store for SqliteStore {
         change: Change,
         now: i64,
     ) -> Result<Appended, StoreError> {
-        let listener = self
-            .listener
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let heard = move |appended: &Appended| {
-            if let Some(listener) = listener.filter(|_| !appended.duplicate) {
-                listener(&appended.record);
-            }
-        };
+        let listener = self.listener.clone();
+        let heard = move |appended: &Appended| listener.hear(appended);
         self.write_then(
             move |conn| apply_change(conn, room_id, actor, change, now),
             heard,

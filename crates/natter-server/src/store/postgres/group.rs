@@ -34,8 +34,8 @@
 //! guess ten rows for an `unnest`, and a join between two large intermediate results would be
 //! planned as nested loops. So each statement joins the sends only to indexed tables.
 
-use super::{Listener, append_alone, db, seq, unavailable};
-use crate::store::NewMessage;
+use super::{append_alone, db, seq, unavailable};
+use crate::store::{Listener, NewMessage};
 use deadpool_postgres::Pool;
 use futures_util::future::maybe_done;
 use natter_core::ports::store::{Appended, Change, StoreError};

@@ -13,7 +13,7 @@
 mod group;
 
 use super::{
-    EVENT_SELECT, EventColumns, MESSAGE_SELECT, NewMessage, dm_key, kind_str, parse_kind,
+    EVENT_SELECT, EventColumns, Listener, MESSAGE_SELECT, NewMessage, dm_key, kind_str, parse_kind,
     parse_role, role_str,
 };
 use async_trait::async_trait;
@@ -168,23 +168,6 @@ pub struct PostgresStore {
     /// Disconnects when the group-commit task has answered every queued send.
     sends_done: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     listener: Listener,
-}
-
-/// The commit listener, shared with the group-commit task.
-#[derive(Clone, Default)]
-pub(super) struct Listener(std::sync::Arc<std::sync::RwLock<Option<CommitListener>>>);
-
-impl Listener {
-    /// Tells the listener of a committed append.
-    pub(super) fn hear(&self, appended: &Appended) {
-        if appended.duplicate {
-            return;
-        }
-        let listener = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(listener) = listener {
-            listener(&appended.record);
-        }
-    }
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -822,7 +805,7 @@ impl Store for PostgresStore {
     }
 
     fn listen(&self, listener: CommitListener) {
-        *self.listener.0.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+        self.listener.set(listener);
     }
 
     async fn create_user(
