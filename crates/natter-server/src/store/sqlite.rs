@@ -82,9 +82,29 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if applied >= MIGRATIONS.len() {
         return Ok(());
     }
+    // A table rebuild drops the old table, which foreign keys would refuse while rows point at
+    // it; they are off for the migrations (it takes effect only outside a transaction) and
+    // checked before the commit instead.
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let migrated = run_migrations(conn, applied);
+    conn.pragma_update(None, "foreign_keys", true)?;
+    migrated
+}
+
+fn run_migrations(conn: &mut Connection, applied: usize) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
     for migration in &MIGRATIONS[applied..] {
         tx.execute_batch(migration)?;
+    }
+    let broken: Option<String> = tx
+        .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+        .optional()?;
+    if let Some(table) = broken {
+        // Dropping `tx` rolls everything back: the database stays as it was.
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+            Some(format!("a migration left rows in {table} pointing nowhere")),
+        ));
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
     tx.commit()
@@ -383,13 +403,15 @@ fn room_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<RoomInfo> {
 }
 
 /// `?1` is the viewer: `role`, the read position, the unread counts and (column 10) the
-/// sequence their membership began at are theirs.
+/// sequence their membership began at are theirs. A room's messages are found through its
+/// events (`room_events` is keyed by room and sequence; `messages` only by id).
 const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
         v.role,
         (SELECT COUNT(*) FROM members WHERE room_id = r.id),
         COALESCE(v.read_seq, 0),
-        (SELECT COUNT(*) FROM messages m
-            WHERE m.room_id = r.id AND m.seq > v.read_seq AND m.author_id != ?1 AND m.deleted = 0),
+        (SELECT COUNT(*) FROM room_events e JOIN messages m ON m.id = e.message_id
+            WHERE e.room_id = r.id AND e.seq > v.read_seq AND e.kind = 'message_created'
+                AND m.author_id != ?1 AND m.deleted = 0),
         (SELECT COUNT(*) FROM mentions mn JOIN messages m ON m.id = mn.message_id
             WHERE mn.user_id = ?1 AND m.room_id = r.id AND m.seq > v.read_seq AND m.deleted = 0),
         COALESCE(v.joined_seq, 0)
@@ -1163,11 +1185,14 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let (filter, order, bound) = match page {
                 HistoryPage::Latest => ("", "DESC", 0),
-                HistoryPage::Before(seq) => ("AND m.seq < ?3", "DESC", seq.0),
-                HistoryPage::After(seq) => ("AND m.seq > ?3", "ASC", seq.0),
+                HistoryPage::Before(seq) => ("AND e.seq < ?3", "DESC", seq.0),
+                HistoryPage::After(seq) => ("AND e.seq > ?3", "ASC", seq.0),
             };
+            // Through the room's events: `messages` has no index by room and sequence.
             let sql = format!(
-                "{MESSAGE_SELECT} WHERE m.room_id = ?1 {filter} ORDER BY m.seq {order} LIMIT ?2"
+                "{MESSAGE_SELECT} JOIN room_events e ON e.message_id = m.id
+                 WHERE e.room_id = ?1 AND e.kind = 'message_created' {filter}
+                 ORDER BY e.seq {order} LIMIT ?2"
             );
             let fetch = limit as i64 + 1;
             let mut messages = db(conn.prepare_cached(&sql).and_then(|mut stmt| {

@@ -11,6 +11,7 @@ mod durability;
 mod failures;
 mod liveness;
 mod messaging;
+mod migrations;
 mod multi_node;
 mod resume;
 mod rooms;

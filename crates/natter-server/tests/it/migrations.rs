@@ -1,0 +1,174 @@
+//! SQLite schema migrations on a database that already holds a chat: nothing stored is lost, and
+//! everything read through the new schema reads as it did through the old.
+
+use natter_core::ports::store::{Change, HistoryPage, Store};
+use natter_protocol::{ClientMsgId, Role, RoomKind, RoomSeq};
+use natter_server::store::SqliteStore;
+use std::path::Path;
+
+/// Migration 3 rebuilt `messages` without `UNIQUE (room_id, seq)`. A database written before it
+/// keeps every message, mention and link, and its rooms' sequences go on where they were.
+#[tokio::test]
+async fn a_database_from_before_the_messages_rebuild_keeps_every_message() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("natter.db");
+    let (room, ana, bo) = {
+        let store = SqliteStore::open(&path).unwrap();
+        let ana = store
+            .create_user("ana", "Ana", "h", false)
+            .await
+            .unwrap()
+            .info
+            .id;
+        let bo = store
+            .create_user("bo", "Bo", "h", false)
+            .await
+            .unwrap()
+            .info
+            .id;
+        let (room, _) = store
+            .create_channel(ana, RoomKind::Public, "general", "", 0)
+            .await
+            .unwrap();
+        let join = Change::AddMember {
+            user_id: bo,
+            role: Role::Member,
+            invited_by: None,
+        };
+        store.append(room, bo, join, 1).await.unwrap();
+        for n in 0..30 {
+            let send = Change::Send {
+                client_msg_id: ClientMsgId(format!("m{n}")),
+                body: if n % 10 == 0 {
+                    format!("hi @bo {n}")
+                } else {
+                    format!("m{n}")
+                },
+                mentions: if n % 10 == 0 {
+                    vec!["bo".into()]
+                } else {
+                    vec![]
+                },
+            };
+            store.append(room, ana, send, 2 + n).await.unwrap();
+        }
+        store.close();
+        (room, ana, bo)
+    };
+    let before = read_back(&path, room, bo).await;
+    back_to_version_2(&path);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let after = (
+        store
+            .history(room, HistoryPage::Latest, 100)
+            .await
+            .unwrap()
+            .0,
+        store.room(room, bo).await.unwrap().unwrap(),
+    );
+    assert_eq!(after.0, before.0, "every message, as it was");
+    assert_eq!(
+        (after.1.unread, after.1.mentions, after.1.last_seq),
+        (before.1.unread, before.1.mentions, before.1.last_seq),
+        "unread counts and mentions as they were"
+    );
+    let again = Change::Send {
+        client_msg_id: ClientMsgId("m0".into()),
+        body: "retried".into(),
+        mentions: vec![],
+    };
+    let retried = store.append(room, ana, again, 99).await.unwrap();
+    assert!(
+        retried.duplicate,
+        "client_msg_ids are still unique per author"
+    );
+    let next = Change::Send {
+        client_msg_id: ClientMsgId("after".into()),
+        body: "after the migration".into(),
+        mentions: vec![],
+    };
+    let next = store.append(room, ana, next, 100).await.unwrap();
+    assert_eq!(next.record.seq, before.1.last_seq.next());
+    store.close();
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(
+        version as usize,
+        natter_server::store::schema::MIGRATIONS.len()
+    );
+    let dangling: Option<String> = conn
+        .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+        .ok();
+    assert_eq!(dangling, None, "every mention still points at its message");
+    let mentions: i64 = conn
+        .query_row("SELECT COUNT(*) FROM mentions", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mentions, 3);
+    let unique: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_index_list('messages') WHERE \"unique\" = 1",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(unique, 1, "only (author_id, client_msg_id) is left");
+}
+
+/// What a reader sees: the room's history, and the room as `bo` sees it.
+async fn read_back(
+    path: &Path,
+    room: natter_protocol::RoomId,
+    viewer: natter_protocol::UserId,
+) -> (Vec<natter_protocol::Message>, natter_protocol::RoomInfo) {
+    let store = SqliteStore::open(path).unwrap();
+    let history = store
+        .history(room, HistoryPage::Latest, 100)
+        .await
+        .unwrap()
+        .0;
+    let info = store.room(room, viewer).await.unwrap().unwrap();
+    store.close();
+    assert_eq!(history.len(), 30);
+    assert_eq!(info.last_seq, RoomSeq(32), "created, joined, 30 messages");
+    (history, info)
+}
+
+/// Puts `messages` back as schema version 2 defined it, with its `UNIQUE (room_id, seq)`.
+fn back_to_version_2(path: &Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         BEGIN;
+         CREATE TABLE messages_v2 (
+             id            INTEGER PRIMARY KEY,
+             room_id       INTEGER NOT NULL REFERENCES rooms(id),
+             seq           INTEGER NOT NULL,
+             author_id     INTEGER NOT NULL REFERENCES users(id),
+             client_msg_id TEXT NOT NULL,
+             body          TEXT NOT NULL,
+             created_at    INTEGER NOT NULL,
+             edited_at     INTEGER,
+             deleted       INTEGER NOT NULL DEFAULT 0,
+             UNIQUE (room_id, seq),
+             UNIQUE (author_id, client_msg_id)
+         );
+         INSERT INTO messages_v2 SELECT * FROM messages;
+         DROP TABLE messages;
+         ALTER TABLE messages_v2 RENAME TO messages;
+         PRAGMA user_version = 2;
+         COMMIT;",
+    )
+    .unwrap();
+    let unique_by_seq: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_index_list('messages') WHERE \"unique\" = 1",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(unique_by_seq, 2, "the version 2 table, both unique indexes");
+}
