@@ -198,7 +198,7 @@ impl App {
         // at their next gap.
         let listener = hub.clone();
         store.listen(Arc::new(move |record: &EventRecord| {
-            let deliver = || listener.deliver(Envelope::Room(Arc::new(record.clone())));
+            let deliver = || listener.deliver_event(record);
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(deliver)).is_err() {
                 tracing::error!(room_id = %record.room_id, seq = %record.seq, "local delivery panicked");
             }

@@ -5,7 +5,7 @@
 //! the fan-out goes on. The hub knows nothing of order; sessions restore it.
 
 use crate::ports::broker::{Envelope, UserNotice};
-use crate::ports::store::TokenId;
+use crate::ports::store::{EventRecord, TokenId};
 use crate::session::encode_event;
 use crate::session::outbox::{Outbound, Outbox};
 use natter_protocol::frame::ServerFrame;
@@ -137,27 +137,31 @@ impl Hub {
         }
     }
 
+    /// Hands a committed event to the sessions subscribed to its room, encoded once. Never blocks
+    /// on a session. (The store's commit listener calls this with the record it committed.)
+    pub fn deliver_event(&self, record: &EventRecord) {
+        let state = self.lock();
+        let Some(keys) = state.by_room.get(&record.room_id) else {
+            return;
+        };
+        let frame = encode_event(record);
+        let leaving = leaving_member(&record.event);
+        for key in keys {
+            if let Some(entry) = state.sessions.get(key) {
+                entry.outbox.push(Outbound::Event {
+                    room_id: record.room_id,
+                    seq: record.seq,
+                    frame: frame.clone(),
+                    leaving,
+                });
+            }
+        }
+    }
+
     /// Hands an envelope to the local sessions it concerns. Never blocks on a session.
     pub fn deliver(&self, envelope: Envelope) {
         match envelope {
-            Envelope::Room(record) => {
-                let state = self.lock();
-                let Some(keys) = state.by_room.get(&record.room_id) else {
-                    return;
-                };
-                let frame = encode_event(&record);
-                let leaving = leaving_member(&record.event);
-                for key in keys {
-                    if let Some(entry) = state.sessions.get(key) {
-                        entry.outbox.push(Outbound::Event {
-                            room_id: record.room_id,
-                            seq: record.seq,
-                            frame: frame.clone(),
-                            leaving,
-                        });
-                    }
-                }
-            }
+            Envelope::Room(record) => self.deliver_event(&record),
             Envelope::User { user_id, notice } => {
                 let mut state = self.lock();
                 let keys: Vec<SessionKey> = state
@@ -281,7 +285,6 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::store::EventRecord;
     use natter_protocol::RoomSeq;
 
     fn record(room: i64, seq: u64) -> Envelope {
