@@ -137,31 +137,24 @@ async fn read_back(
     (history, info)
 }
 
-/// Puts `messages` back as schema version 2 defined it, with its `UNIQUE (room_id, seq)`.
+/// Puts `messages` back as schema version 2 defined it, with its `UNIQUE (room_id, seq)`: the
+/// table is created from the shipped migration's own statement, so the fixture cannot drift.
 fn back_to_version_2(path: &Path) {
+    let first = natter_server::store::schema::MIGRATIONS[0];
+    let start = first.find("CREATE TABLE messages (").unwrap();
+    let end = start + first[start..].find(");").unwrap() + 2;
+    let create = first[start..end].replace("CREATE TABLE messages (", "CREATE TABLE messages_v2 (");
     let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA foreign_keys = OFF;
          BEGIN;
-         CREATE TABLE messages_v2 (
-             id            INTEGER PRIMARY KEY,
-             room_id       INTEGER NOT NULL REFERENCES rooms(id),
-             seq           INTEGER NOT NULL,
-             author_id     INTEGER NOT NULL REFERENCES users(id),
-             client_msg_id TEXT NOT NULL,
-             body          TEXT NOT NULL,
-             created_at    INTEGER NOT NULL,
-             edited_at     INTEGER,
-             deleted       INTEGER NOT NULL DEFAULT 0,
-             UNIQUE (room_id, seq),
-             UNIQUE (author_id, client_msg_id)
-         );
+         {create}
          INSERT INTO messages_v2 SELECT * FROM messages;
          DROP TABLE messages;
          ALTER TABLE messages_v2 RENAME TO messages;
          PRAGMA user_version = 2;
-         COMMIT;",
-    )
+         COMMIT;"
+    ))
     .unwrap();
     let unique_by_seq: i64 = conn
         .query_row(
