@@ -38,9 +38,12 @@ pub struct Args {
     database: String,
 }
 
-fn frame(id: u64, room: u64, prefix: &str) -> Message {
+/// Send `id` to `room`, with a fresh `client_msg_id` of the kind natter's clients make: the
+/// server's cost per send depends on it.
+fn frame(id: u64, room: u64) -> Message {
+    let client_msg_id = natter_client::new_client_msg_id();
     Message::Text(
-        format!(r#"{{"id":{id},"type":"send","room_id":{room},"client_msg_id":"{prefix}{id}","body":"durable {id}"}}"#)
+        format!(r#"{{"id":{id},"type":"send","room_id":{room},"client_msg_id":"{client_msg_id}","body":"durable {id}"}}"#)
             .into(),
     )
 }
@@ -51,7 +54,6 @@ async fn paced(
     mut sink: conn::Sink,
     mut stream: conn::Stream,
     room: u64,
-    prefix: &str,
     rate: f64,
     in_flight: usize,
     until: Instant,
@@ -85,7 +87,7 @@ async fn paced(
         if let Ok(mut m) = sent_at.lock() {
             m.insert(id, Instant::now());
         }
-        sink.send(frame(id, room, prefix)).await?;
+        sink.send(frame(id, room)).await?;
         id += 1;
         tokio::time::sleep_until((started + interval.mul_f64((id - 10) as f64)).into()).await;
     }
@@ -126,14 +128,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 .and_then(|at| conn::number_after(&reply[at + 8..], "id"))
                 .ok_or("no room id")?;
             if let Some(rate) = rate_per_sender {
-                return paced(sink, stream, room, &prefix, rate, in_flight, until).await;
+                return paced(sink, stream, room, rate, in_flight, until).await;
             }
             let mut sent_at: HashMap<u64, Instant> = HashMap::new();
             let mut latencies = Vec::new();
             let mut next_id = 10u64;
             for _ in 0..in_flight {
                 sent_at.insert(next_id, Instant::now());
-                sink.send(frame(next_id, room, &prefix)).await?;
+                sink.send(frame(next_id, room)).await?;
                 next_id += 1;
             }
             while let Some(message) = stream.next().await {
@@ -154,7 +156,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 }
                 if Instant::now() < until {
                     sent_at.insert(next_id, Instant::now());
-                    sink.send(frame(next_id, room, &prefix)).await?;
+                    sink.send(frame(next_id, room)).await?;
                     next_id += 1;
                 } else if sent_at.is_empty() {
                     break;

@@ -158,7 +158,6 @@ fn micros_since(epoch: Instant) -> u64 {
 /// The connections of a fan-out run, set up once and driven at one rate per step.
 struct Fanout {
     target: Arc<Target>,
-    prefix: String,
     rooms: Vec<Room>,
     members: usize,
     epoch: Instant,
@@ -300,7 +299,6 @@ impl Fanout {
         );
         Ok(Fanout {
             target,
-            prefix,
             rooms,
             members: args.members,
             epoch,
@@ -331,12 +329,9 @@ impl Fanout {
             self.next_message += 1;
             let which = n as usize % self.senders.len();
             let (room, writer) = &mut self.senders[which];
-            let frame = self.target.send_frame(
-                &self.rooms[*room],
-                n,
-                &self.prefix,
-                micros_since(self.epoch),
-            );
+            let frame = self
+                .target
+                .send_frame(&self.rooms[*room], n, micros_since(self.epoch));
             writer.send_text(&frame).await?;
             if (i + 1) % progress_every == 0 {
                 eprint!(

@@ -256,13 +256,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
         let shared = shared.clone();
         let rooms = rooms.clone();
         let rate = args.rate;
-        let prefix = prefix.clone();
         tokio::spawn(async move {
             let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
             let started = Instant::now();
             for n in 0u64..100_000_000 {
                 let r = n as usize % rooms.len();
-                let frame = shared.target.send_frame(&rooms[r], n, &prefix, 0);
+                let frame = shared.target.send_frame(&rooms[r], n, 0);
                 if writers[r].send_text(&frame).await.is_err() {
                     break;
                 }

@@ -223,13 +223,15 @@ impl Target {
         Ok((reader, writer))
     }
 
-    /// The frame that sends message `n` to `room`, stamped with `sent_us`.
-    pub fn send_frame(&self, room: &Room, n: u64, prefix: &str, sent_us: u64) -> String {
+    /// The frame that sends message `n` to `room`, stamped with `sent_us`; on natter with a
+    /// fresh `client_msg_id` of the kind its clients make.
+    pub fn send_frame(&self, room: &Room, n: u64, sent_us: u64) -> String {
         match self.kind {
             Kind::Natter => format!(
-                r#"{{"id":{},"type":"send","room_id":{},"client_msg_id":"{prefix}{n}","body":"t{sent_us}"}}"#,
+                r#"{{"id":{},"type":"send","room_id":{},"client_msg_id":"{}","body":"t{sent_us}"}}"#,
                 n + 10,
-                room.id
+                room.id,
+                natter_client::new_client_msg_id(),
             ),
             Kind::Socketio | Kind::Limit => format!(
                 r#"42{}["msg",{{"room":"{}","body":"t{sent_us}","ts":0}}]"#,

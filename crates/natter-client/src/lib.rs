@@ -147,19 +147,53 @@ pub fn websocket_url(base_url: &str) -> String {
     format!("{base}{}", natter_protocol::WS_PATH)
 }
 
-/// A fresh `client_msg_id`: 128 random bits, hex.
+/// A fresh `client_msg_id`: the Unix time in milliseconds (48 bits), then 80 random bits, as 32
+/// hex digits. Time first, so the ids a server stores arrive in order and its uniqueness index
+/// grows at one end (docs/protocol.md): a random id costs the server a random index page per send.
 pub fn new_client_msg_id() -> natter_protocol::ClientMsgId {
-    let mut bytes = [0u8; 16];
-    // getrandom fails only without an OS random source; fall back to time + counter uniqueness.
-    if getrandom::fill(&mut bytes).is_err() {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut random = [0u8; 10];
+    // getrandom fails only without an OS random source; a process-wide counter then keeps the
+    // ids of this process apart.
+    if getrandom::fill(&mut random).is_err() {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
-        bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        random[2..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
     }
-    natter_protocol::ClientMsgId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    client_msg_id_at(millis, random)
+}
+
+fn client_msg_id_at(millis: u64, random: [u8; 10]) -> natter_protocol::ClientMsgId {
+    use std::fmt::Write;
+    let mut id = format!("{:012x}", millis & 0xffff_ffff_ffff);
+    for byte in random {
+        let _ = write!(id, "{byte:02x}");
+    }
+    natter_protocol::ClientMsgId(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_msg_ids_are_32_hex_digits_that_sort_by_creation_time() {
+        let earlier = client_msg_id_at(1_795_000_000_000, [0xff; 10]);
+        let later = client_msg_id_at(1_795_000_000_001, [0; 10]);
+        assert_eq!(earlier.0, "01a1ee565e00ffffffffffffffffffff");
+        assert!(earlier.0 < later.0);
+        let fresh = new_client_msg_id();
+        assert_eq!(fresh.0.len(), 32);
+        assert!(
+            fresh
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(fresh, new_client_msg_id());
+        assert!(later.0 < fresh.0);
+    }
 }

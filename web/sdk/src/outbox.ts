@@ -24,11 +24,16 @@ export interface OutboxStorage {
   save(items: PendingMessage[]): void;
 }
 
-/** 128 random bits, hex: unique per send, chosen before the first attempt. */
-export function newClientMsgId(): string {
-  const bytes = new Uint8Array(16);
-  globalThis.crypto.getRandomValues(bytes);
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+/**
+ * A fresh id, chosen before the first attempt: the Unix time in milliseconds (48 bits), then 80
+ * random bits, as 32 hex digits. Time first, so the server's uniqueness index grows at one end
+ * instead of taking a random page per send (docs/protocol.md).
+ */
+export function newClientMsgId(now = Date.now()): string {
+  const random = new Uint8Array(10);
+  globalThis.crypto.getRandomValues(random);
+  const time = Math.max(0, Math.floor(now)).toString(16).padStart(12, "0").slice(-12);
+  return time + Array.from(random, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 export class Outbox {

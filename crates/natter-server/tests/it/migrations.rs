@@ -6,10 +6,12 @@ use natter_protocol::{ClientMsgId, Role, RoomKind, RoomSeq};
 use natter_server::store::SqliteStore;
 use std::path::Path;
 
-/// Migration 3 rebuilt `messages` without `UNIQUE (room_id, seq)`. A database written before it
-/// keeps every message, mention and link, and its rooms' sequences go on where they were.
+/// Migrations 3 and 4 rebuilt `messages`: without `UNIQUE (room_id, seq)`, then with the
+/// idempotency key turned around, `UNIQUE (client_msg_id, author_id)`. A database written before
+/// them keeps every message, mention and link, retries are still recognised, and its rooms'
+/// sequences go on where they were.
 #[tokio::test]
-async fn a_database_from_before_the_messages_rebuild_keeps_every_message() {
+async fn a_database_from_before_the_messages_rebuilds_keeps_every_message() {
     let dir = tempfile::TempDir::new().unwrap();
     let path = dir.path().join("natter.db");
     let (room, ana, bo) = {
@@ -108,14 +110,21 @@ async fn a_database_from_before_the_messages_rebuild_keeps_every_message() {
         .query_row("SELECT COUNT(*) FROM mentions", [], |row| row.get(0))
         .unwrap();
     assert_eq!(mentions, 3);
-    let unique: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_index_list('messages') WHERE \"unique\" = 1",
-            [],
-            |row| row.get(0),
+    let unique: Vec<String> = conn
+        .prepare(
+            "SELECT ii.name FROM pragma_index_list('messages') il, pragma_index_info(il.name) ii
+             WHERE il.\"unique\" = 1 ORDER BY il.name, ii.seqno",
         )
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(unique, 1, "only (author_id, client_msg_id) is left");
+    assert_eq!(
+        unique,
+        ["client_msg_id", "author_id"],
+        "one unique index is left, the time-first client_msg_id leading"
+    );
 }
 
 /// What a reader sees: the room's history, and the room as `bo` sees it.

@@ -156,6 +156,13 @@ CREATE TABLE mentions (
 CREATE TABLE natter_cluster (id TEXT NOT NULL);
 INSERT INTO natter_cluster (id) VALUES (md5(random()::text || clock_timestamp()::text));
 "#,
+    // The idempotency key turns around, as in SQLite's schema (store/schema.rs says why): keyed
+    // by the time-first `client_msg_id`, the index grows at one end.
+    r#"
+ALTER TABLE messages DROP CONSTRAINT messages_author_id_client_msg_id_key;
+ALTER TABLE messages ADD CONSTRAINT messages_client_msg_id_author_id_key
+    UNIQUE (client_msg_id, author_id);
+"#,
 ];
 
 /// An arbitrary key for the advisory lock that serializes migrations across nodes.
