@@ -1,4 +1,4 @@
-//! SQLite schema migrations on a database that already holds a chat: nothing stored is lost, and
+//! Schema migrations on a database that already holds a chat: nothing stored is lost, and
 //! everything read through the new schema reads as it did through the old.
 
 use natter_core::ports::store::{Change, HistoryPage, Store};
@@ -173,4 +173,79 @@ fn back_to_version_2(path: &Path) {
         )
         .unwrap();
     assert_eq!(unique_by_seq, 2, "the version 2 table, both unique indexes");
+}
+
+/// PostgreSQL's migration 3 turned the idempotency key around, `UNIQUE (client_msg_id,
+/// author_id)`. A database from before it keeps its messages, and a retry of one of them is still
+/// recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_from_before_the_key_turned_around_still_knows_its_retries() {
+    let database = crate::support::TestDatabase::create().await;
+    let store = database.store().await;
+    let ana = store
+        .create_user("ana", "Ana", "h", false)
+        .await
+        .unwrap()
+        .info
+        .id;
+    let (room, _) = store
+        .create_channel(ana, RoomKind::Public, "general", "", 0)
+        .await
+        .unwrap();
+    let send = |id: &str, body: &str| Change::Send {
+        client_msg_id: ClientMsgId(id.into()),
+        body: body.into(),
+        mentions: vec![],
+    };
+    let first = store
+        .append(room, ana, send("m0", "hello"), 1)
+        .await
+        .unwrap();
+    store.close();
+    drop(store);
+
+    let (admin, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(
+            "ALTER TABLE messages DROP CONSTRAINT messages_client_msg_id_author_id_key;
+             ALTER TABLE messages ADD CONSTRAINT messages_author_id_client_msg_id_key
+                 UNIQUE (author_id, client_msg_id);
+             DELETE FROM natter_migrations WHERE version >= 2;",
+        )
+        .await
+        .unwrap();
+
+    let store = database.store().await;
+    let retried = store
+        .append(room, ana, send("m0", "again"), 2)
+        .await
+        .unwrap();
+    assert!(retried.duplicate, "the retry returns the first message");
+    assert_eq!(retried.record.seq, first.record.seq);
+    let next = store
+        .append(room, ana, send("m1", "next"), 3)
+        .await
+        .unwrap();
+    assert_eq!(next.record.seq, first.record.seq.next());
+    store.close();
+
+    let keys: Vec<String> = admin
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'messages' AND indexdef LIKE '%client_msg_id%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        keys[0].ends_with("(client_msg_id, author_id)"),
+        "{}",
+        keys[0]
+    );
 }
