@@ -115,7 +115,7 @@ ALTER TABLE messages_rebuilt RENAME TO messages;
     // The idempotency key turns around: `UNIQUE (client_msg_id, author_id)`. natter's clients
     // put the time first in a `client_msg_id`, so keyed by it the index grows at one end, and a
     // group commit writes one or two of its pages. Keyed by author first, every author in the
-    // group cost a page of their own (about 70 of the 145 pages a 70-message group wrote in the
+    // group cost a page of their own (69 of the about 150 pages a 70-message group wrote in the
     // durable benchmark). The lookup names both columns, so it uses either order. A rebuild
     // again, for the same reason as the last one.
     r#"
