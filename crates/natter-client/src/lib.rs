@@ -156,14 +156,29 @@ pub fn new_client_msg_id() -> natter_protocol::ClientMsgId {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let mut random = [0u8; 10];
-    // getrandom fails only without an OS random source; a process-wide counter then keeps the
-    // ids of this process apart.
+    // getrandom fails only without an OS random source.
     if getrandom::fill(&mut random).is_err() {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        random[2..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        random = fallback_random();
     }
     client_msg_id_at(millis, random)
+}
+
+/// Unique without an OS random source: the process id keeps processes apart, and a counter
+/// started from the clock keeps this process's ids apart.
+fn fallback_random() -> [u8; 10] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let count = COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(nanos << 16);
+    let mut random = [0u8; 10];
+    random[..4].copy_from_slice(&std::process::id().to_be_bytes());
+    random[4..].copy_from_slice(&count.to_be_bytes()[2..]);
+    random
 }
 
 fn client_msg_id_at(millis: u64, random: [u8; 10]) -> natter_protocol::ClientMsgId {
@@ -194,6 +209,17 @@ mod tests {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
         assert_ne!(fresh, new_client_msg_id());
-        assert!(later.0 < fresh.0);
+        let in_2020 = client_msg_id_at(1_600_000_000_000, [0xff; 10]);
+        assert!(
+            in_2020.0 < fresh.0,
+            "a fresh id sorts after one made in 2020"
+        );
+    }
+
+    #[test]
+    fn without_an_os_random_source_ids_still_differ_and_name_the_process() {
+        let (a, b) = (fallback_random(), fallback_random());
+        assert_ne!(a, b);
+        assert_eq!(a[..4], std::process::id().to_be_bytes());
     }
 }

@@ -32,7 +32,8 @@ export interface OutboxStorage {
 export function newClientMsgId(now = Date.now()): string {
   const random = new Uint8Array(10);
   globalThis.crypto.getRandomValues(random);
-  const time = Math.max(0, Math.floor(now)).toString(16).padStart(12, "0").slice(-12);
+  const millis = Number.isFinite(now) ? Math.max(0, Math.floor(now)) : Date.now();
+  const time = millis.toString(16).padStart(12, "0").slice(-12);
   return time + Array.from(random, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 

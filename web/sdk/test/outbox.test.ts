@@ -10,6 +10,11 @@ describe("newClientMsgId", () => {
     expect(id.slice(0, 12)).toBe("01a1ee565e00");
   });
 
+  it("uses the clock when given no usable time", () => {
+    const before = Date.now().toString(16).padStart(12, "0");
+    expect(newClientMsgId(Number.NaN).slice(0, 12) >= before).toBe(true);
+  });
+
   it("sorts later ids after earlier ones and never repeats", () => {
     const earlier = newClientMsgId(1_795_000_000_000);
     const later = newClientMsgId(1_795_000_000_001);
