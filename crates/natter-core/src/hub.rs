@@ -21,6 +21,9 @@ pub(crate) fn leaving_member(event: &RoomEvent) -> Option<UserId> {
     }
 }
 
+/// About how often the heartbeat timer reaches a slice of the sessions.
+const HEARTBEAT_SLICE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Identifies one registered session on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionKey(u64);
@@ -251,20 +254,29 @@ impl Hub {
     /// Sends every session a `heartbeat` frame every `every`, so that clients on every transport
     /// can tell a quiet server from a dead one. One timer for the node rather than one per
     /// session: thousands of idle sessions would each hold one. Stops when the hub is dropped.
+    ///
+    /// The sessions take turns: each tick reaches one slice of them (by key), a slice every
+    /// `HEARTBEAT_SLICE` or so, and every session once per `every`. All at once, 15,000 idle
+    /// connections' heartbeats were one burst of writes that held up live deliveries on the node
+    /// for up to half a second (docs/benchmarks.md).
     pub fn spawn_heartbeats(&self, every: std::time::Duration) {
         let state = Arc::downgrade(&self.state);
+        let slices = (every.as_millis() / HEARTBEAT_SLICE.as_millis()).clamp(1, 1000) as u64;
+        let tick = every / slices as u32;
         tokio::spawn(async move {
             let frame: Arc<str> = Arc::from(codec::encode(&ServerFrame::Heartbeat));
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for slice in (0..slices).cycle() {
                 ticks.tick().await;
                 let Some(state) = state.upgrade() else {
                     return;
                 };
                 let state = state.lock().unwrap_or_else(|e| e.into_inner());
-                for entry in state.sessions.values() {
-                    entry.outbox.push(Outbound::Ephemeral(frame.clone()));
+                for (key, entry) in &state.sessions {
+                    if key.0 % slices == slice {
+                        entry.outbox.push(Outbound::Ephemeral(frame.clone()));
+                    }
                 }
             }
         });
@@ -378,15 +390,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn heartbeats_reach_every_session_each_interval_and_stop_with_the_hub() {
         let hub = Hub::new();
-        let outboxes = [Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8))];
+        let outboxes: Vec<_> = (0..10).map(|_| Arc::new(Outbox::new(8))).collect();
         for (n, outbox) in outboxes.iter().enumerate() {
             hub.register(UserId(n as i64), TokenId([0; 32]), outbox.clone());
         }
+        // Four slices of 250 ms: every session once a second, a quarter of them at a time.
         hub.spawn_heartbeats(std::time::Duration::from_secs(1));
-        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(260)).await;
+        let first_slice = outboxes.iter().filter(|o| !o.is_empty()).count();
+        assert!(
+            (1..outboxes.len()).contains(&first_slice),
+            "a tick reaches a slice of the sessions, not all: {first_slice}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1750)).await;
         for outbox in &outboxes {
             let items = take_now(outbox);
-            assert_eq!(items.len(), 2);
+            assert_eq!(items.len(), 2, "one heartbeat per interval, two intervals");
             assert!(items.iter().all(|item| matches!(
                 item,
                 Outbound::Ephemeral(frame) if frame.contains("heartbeat")
