@@ -4,7 +4,7 @@
 # generator runs on core 1. Fan-out runs three times per rate, the servers taking turns, so that
 # medians can be compared. Every JSON line natter-bench prints goes to the results file;
 # bench/plot.py draws the figures from it and prints the medians and ratios.
-# Usage: bench/compare.sh [RESULTS.jsonl]   (about 25 minutes)
+# Usage: bench/compare.sh [RESULTS.jsonl]   (about 18 minutes)
 # Needs: Node 20 and `npm ci` in $SOCKETIO_DIR (default ../shared/bench/socketio); PostgreSQL on
 # 127.0.0.1:5432 (user root; `natter_bench` is dropped and created afresh) and psql for the
 # PostgreSQL durable runs.
@@ -69,6 +69,10 @@ done
 for server in $servers; do
     "start_$server"
     run max --server "$server" --rate 200 --step 1.5 --seconds 5
+done
+for server in $servers; do  # fan-out latency beside 15,000 idle connections, over a heartbeat interval
+    "start_$server"
+    run fanout --server "$server" --rate 300 --seconds 30 --idle 15000
 done
 
 start_natter

@@ -93,8 +93,11 @@ def chart(title, xlabel, ylabel, series, logy=False, ymin=None):
 def main():
     rows = [json.loads(line) for line in Path(sys.argv[1]).read_text().splitlines() if line.startswith("{")]
     out_dir = Path(sys.argv[2] if len(sys.argv) > 2 else "docs")
-    runs, memory = {}, {}
+    runs, memory, beside_idle = {}, {}, []
     for row in rows:
+        if row.get("idle_connections"):
+            beside_idle.append(row)
+            continue
         steps = row.get("steps", [row]) if row.get("scenario") in ("fanout", "max") else []
         for step in steps:
             p99 = (step.get("latency_ms") or {}).get("p99")
@@ -104,14 +107,22 @@ def main():
         if row.get("scenario") == "idle" and row.get("server_rss_after_kib"):
             rss = (row["server_rss_after_kib"] - row["server_rss_before_kib"]) / 1024
             memory.setdefault(row["server"], []).append((row["connections"], rss))
-    (out_dir / "bench-latency.svg").write_text(chart(
-        "Fan-out, 10 rooms × 100 members: p99 latency against throughput (one server core)",
-        "deliveries per second", "p99 latency, ms (log scale)", medians(runs), logy=True))
-    (out_dir / "bench-memory.svg").write_text(chart(
-        "Idle connections: server memory against connections",
-        "connections", "server RSS added, MiB", memory))
-    print(f"wrote {out_dir}/bench-latency.svg and {out_dir}/bench-memory.svg")
+    if runs:
+        (out_dir / "bench-latency.svg").write_text(chart(
+            "Fan-out, 10 rooms × 100 members: p99 latency against throughput (one server core)",
+            "deliveries per second", "p99 latency, ms (log scale)", medians(runs), logy=True))
+        print(f"wrote {out_dir}/bench-latency.svg")
+    if memory:
+        (out_dir / "bench-memory.svg").write_text(chart(
+            "Idle connections: server memory against connections",
+            "connections", "server RSS added, MiB", memory))
+        print(f"wrote {out_dir}/bench-memory.svg")
     print_cpu(runs)
+    for row in beside_idle:
+        lat = row["latency_ms"]
+        print(f"{row['server']}: fan-out at {row['deliveries_per_s']:.0f} deliveries/s beside "
+              f"{row['idle_connections']} idle connections: p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} "
+              f"p99.9 {lat['p999']:.2f} max {lat['max']:.2f} ms")
 
 
 def medians(runs):

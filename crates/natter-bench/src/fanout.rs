@@ -6,7 +6,8 @@
 //!   without waiting for acks (each body carries its send time); every member connection records
 //!   the latency of what arrives in an HDR histogram. Reported: deliveries per second (over the
 //!   time deliveries took), latency percentiles, server CPU time per delivery, and lost =
-//!   expected − received after a drain.
+//!   expected − received after a drain. With `--idle N`, N more connections sit in a room of
+//!   their own meanwhile, as most of a real server's connections do.
 //! - `max`: the fan-out at rising rates, on the same connections, until p99 passes the bound or
 //!   a message is lost; reports the last rate that passed.
 //!
@@ -55,6 +56,9 @@ pub struct FanoutArgs {
     rate: f64,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Idle connections held beside the fan-out, in a room of their own.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
 }
 
 #[derive(clap::Args)]
@@ -79,36 +83,7 @@ pub async fn idle(args: IdleArgs) -> Result<(), Error> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = args.target.server_pid.and_then(server::rss_kib);
     let started = Instant::now();
-    let opened = Arc::new(AtomicU64::new(0));
-    let gate = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
-    let mut holders = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        let (target, room, gate, opened) = (
-            target.clone(),
-            rooms[0].clone(),
-            gate.clone(),
-            opened.clone(),
-        );
-        holders.push(tokio::spawn(async move {
-            let (mut reader, mut writer) = {
-                let _permit = gate.acquire().await;
-                target.member(&room).await?
-            };
-            let n = opened.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % 2000 == 0 {
-                eprintln!("  {n} connected");
-            }
-            // Read (and so answer pings) while holding.
-            target::hold(&mut reader, &mut writer).await;
-            Ok::<(), Error>(())
-        }));
-    }
-    while (opened.load(Ordering::Relaxed) as usize) < args.connections {
-        if holders.iter().any(|h| h.is_finished()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let holders = hold_idle(&target, &rooms[0], args.connections, args.concurrency).await;
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let held = holders.iter().filter(|h| !h.is_finished()).count();
@@ -150,6 +125,43 @@ pub async fn idle(args: IdleArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// Opens `count` member connections to `room`, `concurrency` at a time, each held (and answering
+/// heartbeats) by a task of its own; returns once all are open or one has failed.
+async fn hold_idle(
+    target: &Arc<Target>,
+    room: &Room,
+    count: usize,
+    concurrency: usize,
+) -> Vec<tokio::task::JoinHandle<Result<(), Error>>> {
+    let opened = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut holders = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (target, room, gate, opened) =
+            (target.clone(), room.clone(), gate.clone(), opened.clone());
+        holders.push(tokio::spawn(async move {
+            let (mut reader, mut writer) = {
+                let _permit = gate.acquire().await;
+                target.member(&room).await?
+            };
+            let n = opened.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % 2000 == 0 {
+                eprintln!("  {n} connected");
+            }
+            // Read (and so answer pings) while holding.
+            target::hold(&mut reader, &mut writer).await;
+            Ok::<(), Error>(())
+        }));
+    }
+    while (opened.load(Ordering::Relaxed) as usize) < count {
+        if holders.iter().any(|h| h.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    holders
+}
+
 /// Microseconds since the run's epoch: what bodies carry and receivers compare against.
 fn micros_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
@@ -169,6 +181,8 @@ struct Fanout {
     acked: Arc<AtomicU64>,
     next_message: u64,
     server_pid: Option<u32>,
+    /// The idle connections' tasks, held for the run.
+    idle: Vec<tokio::task::JoinHandle<Result<(), Error>>>,
 }
 
 /// What one rate step measured.
@@ -194,6 +208,7 @@ impl Step {
             "server": format!("{:?}", fanout.target.kind).to_lowercase(),
             "rooms": fanout.rooms.len(),
             "members": fanout.members,
+            "idle_connections": fanout.idle.len(),
             "rate": self.rate,
             "messages": self.messages,
             "expected": self.expected,
@@ -230,6 +245,16 @@ impl Fanout {
             target.kind, args.rooms, args.members, args.senders
         );
         let rooms = target.rooms(args.rooms, &prefix).await?;
+        let mut idle = Vec::new();
+        if args.idle > 0 {
+            let quiet = target.rooms(1, &format!("{prefix}q")).await?;
+            idle = hold_idle(&target, &quiet[0], args.idle, 64).await;
+            let open = idle.iter().filter(|h| !h.is_finished()).count();
+            if open < args.idle {
+                return Err(format!("only {open} of {} idle connections opened", args.idle).into());
+            }
+            eprintln!("fanout: {} idle connections up", args.idle);
+        }
         let epoch = Instant::now();
         let received = Arc::new(AtomicU64::new(0));
         let last_at = Arc::new(AtomicU64::new(0));
@@ -309,6 +334,7 @@ impl Fanout {
             acked,
             next_message: 0,
             server_pid: args.target.server_pid,
+            idle,
         })
     }
 
