@@ -2,6 +2,7 @@
 
 use crate::hub::Hub;
 use crate::in_process::InProcessBroker;
+use crate::ports::broker::BrokerError;
 use crate::ports::store::Appended;
 use crate::ports::{Broker, Envelope, EventRecord, InProcessPresence, PresenceRegistry, Store};
 use crate::presence::PresenceTracker;
@@ -218,9 +219,7 @@ impl App {
     /// Publishes after a commit. A broker failure is logged, not returned: the event is durable,
     /// and sessions that missed it read it from the store at their next gap or resume.
     pub async fn publish(&self, envelope: Envelope) {
-        if let Err(error) = self.broker.publish(envelope).await {
-            tracing::warn!(%error, "publish failed; subscribers will read the event from the store");
-        }
+        report_publish(self.broker.publish(envelope).await);
     }
 
     /// Publishes what `Store::append` returned. This node's hub heard a new event from the
@@ -230,12 +229,19 @@ impl App {
     pub async fn publish_appended(&self, appended: Appended) -> EventRecord {
         let record = Arc::new(appended.record);
         let envelope = Envelope::Room(record.clone());
-        if appended.duplicate {
-            self.publish(envelope).await;
-        } else if let Err(error) = self.broker.publish_to_other_nodes(envelope).await {
-            tracing::warn!(%error, "publish failed; subscribers will read the event from the store");
-        }
+        report_publish(if appended.duplicate {
+            self.broker.publish(envelope).await
+        } else {
+            self.broker.publish_to_other_nodes(envelope).await
+        });
         // The brokers keep no envelope once published: this takes the record back uncopied.
         Arc::unwrap_or_clone(record)
+    }
+}
+
+/// Logs a failed publish; the caller goes on (see `publish`).
+fn report_publish(published: Result<(), BrokerError>) {
+    if let Err(error) = published {
+        tracing::warn!(%error, "publish failed; subscribers will read the event from the store");
     }
 }
