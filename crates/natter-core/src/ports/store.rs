@@ -146,7 +146,8 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
-    /// Sets the listener that hears every event `append` commits, replacing any earlier one.
+    /// Sets the listener that hears every event `append` commits. Once per store (`App::new`
+    /// does it); a later call is ignored.
     fn listen(&self, listener: CommitListener);
 
     // --- accounts ---

@@ -14,25 +14,26 @@ use natter_core::ports::store::{Appended, CommitListener, EventRecord};
 use natter_protocol::{
     Message, MessageId, Role, RoomEvent, RoomId, RoomKind, RoomSeq, UserId, UserInfo,
 };
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock};
 
 /// A store's commit listener, shared with whatever commits (SQLite's writer thread,
-/// PostgreSQL's group-commit task).
+/// PostgreSQL's group-commit task). Set once, at start: every committed event reads it, so it
+/// takes no lock.
 #[derive(Clone, Default)]
-pub(crate) struct Listener(Arc<RwLock<Option<CommitListener>>>);
+pub(crate) struct Listener(Arc<OnceLock<CommitListener>>);
 
 impl Listener {
     pub(crate) fn set(&self, listener: CommitListener) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+        if self.0.set(listener).is_err() {
+            tracing::error!("the store already has a commit listener; the new one is ignored");
+        }
     }
 
     /// Tells the listener of a committed append; a retried send committed nothing.
     pub(crate) fn hear(&self, appended: &Appended) {
-        if appended.duplicate {
-            return;
-        }
-        let listener = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(listener) = listener {
+        if let Some(listener) = self.0.get()
+            && !appended.duplicate
+        {
             listener(&appended.record);
         }
     }
