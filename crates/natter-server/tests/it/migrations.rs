@@ -2,9 +2,32 @@
 //! everything read through the new schema reads as it did through the old.
 
 use natter_core::ports::store::{Change, HistoryPage, Store};
-use natter_protocol::{ClientMsgId, Role, RoomKind, RoomSeq};
+use natter_protocol::{ClientMsgId, Role, RoomId, RoomKind, RoomSeq, UserId};
 use natter_server::store::SqliteStore;
 use std::path::Path;
+
+/// A user on the store and the channel they created.
+async fn user_with_channel(store: &dyn Store, username: &str) -> (UserId, RoomId) {
+    let user = store
+        .create_user(username, username, "h", false)
+        .await
+        .unwrap()
+        .info
+        .id;
+    let (room, _) = store
+        .create_channel(user, RoomKind::Public, "general", "", 0)
+        .await
+        .unwrap();
+    (user, room)
+}
+
+fn send(client_msg_id: &str, body: &str) -> Change {
+    Change::Send {
+        client_msg_id: ClientMsgId(client_msg_id.into()),
+        body: body.into(),
+        mentions: vec![],
+    }
+}
 
 /// Migrations 3 and 4 rebuilt `messages`: without `UNIQUE (room_id, seq)`, then with the
 /// idempotency key turned around, `UNIQUE (client_msg_id, author_id)`. A database written before
@@ -16,22 +39,13 @@ async fn a_database_from_before_the_messages_rebuilds_keeps_every_message() {
     let path = dir.path().join("natter.db");
     let (room, ana, bo) = {
         let store = SqliteStore::open(&path).unwrap();
-        let ana = store
-            .create_user("ana", "Ana", "h", false)
-            .await
-            .unwrap()
-            .info
-            .id;
+        let (ana, room) = user_with_channel(&store, "ana").await;
         let bo = store
             .create_user("bo", "Bo", "h", false)
             .await
             .unwrap()
             .info
             .id;
-        let (room, _) = store
-            .create_channel(ana, RoomKind::Public, "general", "", 0)
-            .await
-            .unwrap();
         let join = Change::AddMember {
             user_id: bo,
             role: Role::Member,
@@ -75,22 +89,18 @@ async fn a_database_from_before_the_messages_rebuilds_keeps_every_message() {
         (before.1.unread, before.1.mentions, before.1.last_seq),
         "unread counts and mentions as they were"
     );
-    let again = Change::Send {
-        client_msg_id: ClientMsgId("m0".into()),
-        body: "retried".into(),
-        mentions: vec![],
-    };
-    let retried = store.append(room, ana, again, 99).await.unwrap();
+    let retried = store
+        .append(room, ana, send("m0", "retried"), 99)
+        .await
+        .unwrap();
     assert!(
         retried.duplicate,
         "client_msg_ids are still unique per author"
     );
-    let next = Change::Send {
-        client_msg_id: ClientMsgId("after".into()),
-        body: "after the migration".into(),
-        mentions: vec![],
-    };
-    let next = store.append(room, ana, next, 100).await.unwrap();
+    let next = store
+        .append(room, ana, send("after", "after the migration"), 100)
+        .await
+        .unwrap();
     assert_eq!(next.record.seq, before.1.last_seq.next());
     store.close();
 
@@ -182,21 +192,7 @@ fn back_to_version_2(path: &Path) {
 async fn a_postgres_database_from_before_the_key_turned_around_still_knows_its_retries() {
     let database = crate::support::TestDatabase::create().await;
     let store = database.store().await;
-    let ana = store
-        .create_user("ana", "Ana", "h", false)
-        .await
-        .unwrap()
-        .info
-        .id;
-    let (room, _) = store
-        .create_channel(ana, RoomKind::Public, "general", "", 0)
-        .await
-        .unwrap();
-    let send = |id: &str, body: &str| Change::Send {
-        client_msg_id: ClientMsgId(id.into()),
-        body: body.into(),
-        mentions: vec![],
-    };
+    let (ana, room) = user_with_channel(store.as_ref(), "ana").await;
     let first = store
         .append(room, ana, send("m0", "hello"), 1)
         .await
