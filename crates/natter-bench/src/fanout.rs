@@ -83,7 +83,7 @@ pub async fn idle(args: IdleArgs) -> Result<(), Error> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = args.target.server_pid.and_then(server::rss_kib);
     let started = Instant::now();
-    let holders = hold_idle(&target, &rooms[0], args.connections, args.concurrency).await;
+    let holders = hold_idle(&target, &rooms[0], args.connections, args.concurrency).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let held = holders.iter().filter(|h| !h.is_finished()).count();
@@ -126,13 +126,13 @@ pub async fn idle(args: IdleArgs) -> Result<(), Error> {
 }
 
 /// Opens `count` member connections to `room`, `concurrency` at a time, each held (and answering
-/// heartbeats) by a task of its own; returns once all are open or one has failed.
+/// heartbeats) by a task of its own; returns once all are open, or the first one's error.
 async fn hold_idle(
     target: &Arc<Target>,
     room: &Room,
     count: usize,
     concurrency: usize,
-) -> Vec<tokio::task::JoinHandle<Result<(), Error>>> {
+) -> Result<Vec<tokio::task::JoinHandle<Result<(), Error>>>, Error> {
     let opened = Arc::new(AtomicU64::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut holders = Vec::with_capacity(count);
@@ -154,12 +154,15 @@ async fn hold_idle(
         }));
     }
     while (opened.load(Ordering::Relaxed) as usize) < count {
-        if holders.iter().any(|h| h.is_finished()) {
-            break;
+        if let Some(ended) = holders.iter().position(|h| h.is_finished()) {
+            return Err(match holders.swap_remove(ended).await {
+                Ok(Err(error)) => error,
+                _ => "an idle connection closed while the others were opening".into(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    holders
+    Ok(holders)
 }
 
 /// Microseconds since the run's epoch: what bodies carry and receivers compare against.
@@ -248,11 +251,7 @@ impl Fanout {
         let mut idle = Vec::new();
         if args.idle > 0 {
             let quiet = target.rooms(1, &format!("{prefix}q")).await?;
-            idle = hold_idle(&target, &quiet[0], args.idle, 64).await;
-            let open = idle.iter().filter(|h| !h.is_finished()).count();
-            if open < args.idle {
-                return Err(format!("only {open} of {} idle connections opened", args.idle).into());
-            }
+            idle = hold_idle(&target, &quiet[0], args.idle, 64).await?;
             eprintln!("fanout: {} idle connections up", args.idle);
         }
         let epoch = Instant::now();
