@@ -2,7 +2,8 @@
 //!
 //! Writes go to one writer thread that owns the only write connection and commits in groups:
 //! it takes every job queued while the previous commit ran, applies each inside its own
-//! savepoint (a failing job rolls back alone), and commits them with one fsync
+//! savepoint (a failing job rolls back alone; a send checks everything before it writes, so it
+//! needs none: [`Isolation`]), and commits them with one fsync
 //! (`synchronous=FULL`, WAL). Each caller hears back only after that commit. This is how
 //! acknowledged means durable without one fsync per message.
 //!
@@ -37,10 +38,23 @@ const MAX_GROUP: usize = 512;
 const MAX_READERS: usize = 8;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write. Given the connection, it runs inside its own savepoint and returns its completion (to
+/// A write. Given the connection, it runs (see [`Isolation`]) and returns its completion (to
 /// call with the group's commit result) and whether the transaction is still sound. Given
 /// `None`, it answers its caller with an error without running.
 type Job = Box<dyn FnOnce(Option<&Connection>) -> Option<(Completion, bool)> + Send>;
+
+/// How a job's failure is kept from the rest of its group.
+#[derive(Clone, Copy)]
+enum Isolation {
+    /// The job runs inside a savepoint, and a failure rolls back to it.
+    Savepoint,
+    /// The job makes every check before its first write, so a refusal has changed nothing and
+    /// needs no savepoint. A failure after a write (only an I/O error can cause one) poisons the
+    /// whole group, whose callers then hear a retryable error. Sends are such jobs: a savepoint
+    /// made SQLite copy every page a send touched into a statement journal, and cost two more
+    /// statements per send (docs/benchmarks.md).
+    ChecksFirst,
+}
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -142,13 +156,14 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.write_then(f, |_| {}).await
+        self.write_then(Isolation::Savepoint, f, |_| {}).await
     }
 
     /// Like `write`, and once the group is committed, `committed` sees the job's result on the
     /// writer thread, before the caller does (and before the next group begins).
     async fn write_then<T: Send + 'static>(
         &self,
+        isolation: Isolation,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         committed: impl FnOnce(&T) + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -165,13 +180,24 @@ impl SqliteStore {
                 conn.prepare_cached(sql)
                     .and_then(|mut stmt| stmt.execute([]))
             };
-            let outcome = run("SAVEPOINT job")
-                .map_err(unavailable)
-                .and_then(|_| f(conn));
-            let sound = if outcome.is_err() {
-                run("ROLLBACK TO job").is_ok() && run("RELEASE job").is_ok()
-            } else {
-                run("RELEASE job").is_ok()
+            let (outcome, sound) = match isolation {
+                Isolation::Savepoint => {
+                    let outcome = run("SAVEPOINT job")
+                        .map_err(unavailable)
+                        .and_then(|_| f(conn));
+                    let sound = if outcome.is_err() {
+                        run("ROLLBACK TO job").is_ok() && run("RELEASE job").is_ok()
+                    } else {
+                        run("RELEASE job").is_ok()
+                    };
+                    (outcome, sound)
+                }
+                Isolation::ChecksFirst => {
+                    let before = conn.total_changes();
+                    let outcome = f(conn);
+                    let sound = outcome.is_ok() || conn.total_changes() == before;
+                    (outcome, sound)
+                }
             };
             let completion: Completion = Box::new(move |commit: Result<(), StoreError>| {
                 let result = commit.and(outcome);
@@ -581,17 +607,35 @@ fn apply_change(
             body,
             mentions,
         } => {
-            let first: Option<(i64, i64)> = db(conn
+            // Everything a send checks, in one query (the hot path of every send): an earlier
+            // send with this id (a retry), the room, the author's membership and how the author
+            // is shown. Checked in that order, and all before the first write (`ChecksFirst`).
+            type Checks = (Option<i64>, Option<i64>, Option<String>, String, String);
+            let found: Option<Checks> = db(conn
                 .prepare_cached(
-                    "SELECT room_id, seq FROM messages WHERE author_id = ?1 AND client_msg_id = ?2",
+                    "SELECT prior.room_id, prior.seq, m.role, u.username, u.display_name
+                     FROM users u
+                     LEFT JOIN messages prior ON prior.client_msg_id = ?3 AND prior.author_id = u.id
+                     LEFT JOIN rooms r ON r.id = ?1
+                     LEFT JOIN members m ON m.room_id = r.id AND m.user_id = u.id
+                     WHERE u.id = ?2 AND (r.id IS NOT NULL OR prior.id IS NOT NULL)",
                 )
                 .and_then(|mut stmt| {
-                    stmt.query_row(params![actor.0, client_msg_id.0], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
+                    stmt.query_row(params![room_id.0, actor.0, client_msg_id.0], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
                     })
                     .optional()
                 }))?;
-            if let Some((first_room, first_seq)) = first {
+            let Some((first_room, first_seq, role, username, display_name)) = found else {
+                return Err(StoreError::NotFound("room"));
+            };
+            if let (Some(first_room), Some(first_seq)) = (first_room, first_seq) {
                 if first_room != room_id.0 {
                     return Err(StoreError::Conflict(
                         "this client_msg_id was used for a message to another room",
@@ -607,24 +651,6 @@ fn apply_change(
                     duplicate: true,
                 });
             }
-            // The room, the author's membership and how the author is shown, in one query: the
-            // hot path of every send.
-            let found: Option<(Option<String>, String, String)> = db(conn
-                .prepare_cached(
-                    "SELECT m.role, u.username, u.display_name FROM rooms r
-                     JOIN users u ON u.id = ?2
-                     LEFT JOIN members m ON m.room_id = r.id AND m.user_id = ?2
-                     WHERE r.id = ?1",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![room_id.0, actor.0], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                    })
-                    .optional()
-                }))?;
-            let Some((role, username, display_name)) = found else {
-                return Err(StoreError::NotFound("room"));
-            };
             if role.is_none() {
                 return Err(StoreError::Forbidden("you are not a member of this room"));
             }
@@ -987,7 +1013,12 @@ impl Store for SqliteStore {
     ) -> Result<Appended, StoreError> {
         let listener = self.listener.clone();
         let heard = move |appended: &Appended| listener.hear(appended);
+        let isolation = match change {
+            Change::Send { .. } => Isolation::ChecksFirst,
+            _ => Isolation::Savepoint,
+        };
         self.write_then(
+            isolation,
             move |conn| apply_change(conn, room_id, actor, change, now),
             heard,
         )
@@ -1266,5 +1297,79 @@ mod statement_tests {
             }
             assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
         }
+    }
+}
+
+#[cfg(test)]
+mod isolation_tests {
+    use super::{Isolation, SqliteStore, db};
+    use natter_core::ports::store::{Store, StoreError};
+
+    fn usernames(store: &SqliteStore) -> Vec<String> {
+        let conn = super::open_connection(&store.path).expect("open");
+        let mut stmt = conn
+            .prepare("SELECT username FROM users ORDER BY username")
+            .expect("prepare");
+        stmt.query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    fn insert_user(conn: &rusqlite::Connection, name: &str) -> Result<(), StoreError> {
+        db(conn.execute(
+            "INSERT INTO users (username, display_name, password_hash, is_admin, created_at)
+             VALUES (?1, ?1, 'x', 0, 0)",
+            [name],
+        ))
+        .map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn a_check_first_job_that_fails_after_writing_takes_its_group_down_and_stores_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("natter.db")).expect("open");
+        // Queued together, so that they usually share a group: a check-first job that writes and
+        // then fails (what an I/O error would do), and plain jobs around it.
+        let before = store.write(|conn| insert_user(conn, "before"));
+        let failing = store.write_then(
+            Isolation::ChecksFirst,
+            |conn| {
+                insert_user(conn, "half-done")?;
+                Err::<(), _>(StoreError::Unavailable("disk trouble".into()))
+            },
+            |_| {},
+        );
+        let after = store.write(|conn| insert_user(conn, "after"));
+        let (before, failing, after) = tokio::join!(before, failing, after);
+        assert!(failing.is_err(), "the failing job hears its failure");
+        let stored = usernames(&store);
+        assert!(!stored.contains(&"half-done".to_owned()), "{stored:?}");
+        // Whatever else shared its group failed with it; whatever was told "ok" is stored.
+        for (name, result) in [("before", before), ("after", after)] {
+            assert_eq!(
+                result.is_ok(),
+                stored.contains(&name.to_owned()),
+                "{name}: {stored:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_first_job_refused_before_writing_leaves_its_group_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("natter.db")).expect("open");
+        let before = store.write(|conn| insert_user(conn, "before"));
+        let refused = store.write_then(
+            Isolation::ChecksFirst,
+            |_| Err::<(), _>(StoreError::Forbidden("not a member")),
+            |_| {},
+        );
+        let after = store.write(|conn| insert_user(conn, "after"));
+        let (before, refused, after) = tokio::join!(before, refused, after);
+        assert!(matches!(refused, Err(StoreError::Forbidden(_))));
+        assert!(before.is_ok() && after.is_ok());
+        assert_eq!(usernames(&store), ["after", "before"]);
+        store.health().await.expect("the store goes on");
     }
 }
