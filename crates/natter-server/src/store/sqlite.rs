@@ -451,14 +451,15 @@ fn role_of(conn: &Connection, room_id: RoomId, user_id: UserId) -> rusqlite::Res
         .map(|role| role.map(|r| parse_role(&r)))
 }
 
-// --- writes (run on the writer thread, inside the job's savepoint) ---
+// --- writes (run on the writer thread, each job as its `Isolation` says) ---
 
 fn db<T>(result: rusqlite::Result<T>) -> Result<T, StoreError> {
     result.map_err(unavailable)
 }
 
 /// Advances the room's sequence: the heart of "gapless, per room, assigned in the transaction
-/// that stores the change". A failed job rolls back to its savepoint, taking the number back.
+/// that stores the change". A job that fails after this rolls back to its savepoint, taking the
+/// number back; a send without one takes its whole group back with it (`Isolation::ChecksFirst`).
 fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
     let seq: Option<u64> = db(conn
         .prepare_cached("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")
@@ -607,9 +608,10 @@ fn apply_change(
             body,
             mentions,
         } => {
-            // Everything a send checks, in one query (the hot path of every send): an earlier
-            // send with this id (a retry), the room, the author's membership and how the author
-            // is shown. Checked in that order, and all before the first write (`ChecksFirst`).
+            // Everything a send checks, in one query (the hot path of every send): the room, an
+            // earlier send with this id (a retry), the author's membership and how the author is
+            // shown. Checked in that order, as PostgreSQL does, and all before the first write
+            // (`ChecksFirst`).
             type Checks = (Option<i64>, Option<i64>, Option<String>, String, String);
             let found: Option<Checks> = db(conn
                 .prepare_cached(
@@ -618,7 +620,7 @@ fn apply_change(
                      LEFT JOIN messages prior ON prior.client_msg_id = ?3 AND prior.author_id = u.id
                      LEFT JOIN rooms r ON r.id = ?1
                      LEFT JOIN members m ON m.room_id = r.id AND m.user_id = u.id
-                     WHERE u.id = ?2 AND (r.id IS NOT NULL OR prior.id IS NOT NULL)",
+                     WHERE u.id = ?2 AND r.id IS NOT NULL",
                 )
                 .and_then(|mut stmt| {
                     stmt.query_row(params![room_id.0, actor.0, client_msg_id.0], |row| {

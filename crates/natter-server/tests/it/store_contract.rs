@@ -37,6 +37,7 @@ contract!(
     a_direct_message_is_one_room_per_set_of_members,
     sends_submitted_together_are_stored_in_order_and_each_refusal_stands_alone,
     the_commit_listener_hears_each_new_event_once_in_sequence_order,
+    a_retry_is_answered_from_the_first_send_even_after_its_author_left,
 );
 
 async fn user(store: &Arc<dyn Store>, name: &str) -> UserId {
@@ -529,4 +530,37 @@ async fn submit_together(
             .map(|(room, actor, change)| store.append(room, actor, change, 5)),
     )
     .await
+}
+
+/// A retry is answered from what was stored, whatever changed since: after its author left the
+/// room it still gets the first message, not a refusal. The same id sent to another room is a
+/// conflict; to a room that does not exist, it is that room that is not found.
+async fn a_retry_is_answered_from_the_first_send_even_after_its_author_left(store: Arc<dyn Store>) {
+    let ana = user(&store, "ana").await;
+    let bo = user(&store, "bo").await;
+    let room = channel(&store, ana, "a").await;
+    let other = channel(&store, ana, "b").await;
+    join(&store, room, bo).await;
+    join(&store, other, bo).await;
+    let first = store.append(room, bo, send("once"), 1).await.unwrap();
+    let leave = Change::RemoveMember {
+        user_id: bo,
+        kicked_by: None,
+    };
+    store.append(room, bo, leave, 2).await.unwrap();
+
+    let retry = store.append(room, bo, send("once"), 3).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.record, first.record);
+    let conflict =
+        StoreError::Conflict("this client_msg_id was used for a message to another room");
+    let refused = store.append(other, bo, send("once"), 4).await;
+    assert_eq!(refused.unwrap_err(), conflict);
+    let refused = store.append(RoomId(999_999), bo, send("once"), 4).await;
+    assert_eq!(refused.unwrap_err(), StoreError::NotFound("room"));
+    let refused = store.append(room, bo, send("new"), 5).await;
+    assert_eq!(
+        refused.unwrap_err(),
+        StoreError::Forbidden("you are not a member of this room")
+    );
 }
