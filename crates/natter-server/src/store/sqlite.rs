@@ -1327,23 +1327,29 @@ mod isolation_tests {
         .map(|_| ())
     }
 
+    /// Queues a check-first `job` between two plain writes, all three at once so that they
+    /// usually share a group; what the write before, the job and the write after were told.
+    async fn between_two_writes(
+        store: &SqliteStore,
+        job: impl FnOnce(&rusqlite::Connection) -> Result<(), StoreError> + Send + 'static,
+    ) -> [Result<(), StoreError>; 3] {
+        let before = store.write(|conn| insert_user(conn, "before"));
+        let job = store.write_then(Isolation::ChecksFirst, job, |_| {});
+        let after = store.write(|conn| insert_user(conn, "after"));
+        let (before, job, after) = tokio::join!(before, job, after);
+        [before, job, after]
+    }
+
     #[tokio::test]
     async fn a_check_first_job_that_fails_after_writing_takes_its_group_down_and_stores_nothing() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("natter.db")).expect("open");
-        // Queued together, so that they usually share a group: a check-first job that writes and
-        // then fails (what an I/O error would do), and plain jobs around it.
-        let before = store.write(|conn| insert_user(conn, "before"));
-        let failing = store.write_then(
-            Isolation::ChecksFirst,
-            |conn| {
-                insert_user(conn, "half-done")?;
-                Err::<(), _>(StoreError::Unavailable("disk trouble".into()))
-            },
-            |_| {},
-        );
-        let after = store.write(|conn| insert_user(conn, "after"));
-        let (before, failing, after) = tokio::join!(before, failing, after);
+        // What an I/O error would do: the job writes, then fails.
+        let [before, failing, after] = between_two_writes(&store, |conn| {
+            insert_user(conn, "half-done")?;
+            Err(StoreError::Unavailable("disk trouble".into()))
+        })
+        .await;
         assert!(failing.is_err(), "the failing job hears its failure");
         let stored = usernames(&store);
         assert!(!stored.contains(&"half-done".to_owned()), "{stored:?}");
@@ -1361,14 +1367,8 @@ mod isolation_tests {
     async fn a_check_first_job_refused_before_writing_leaves_its_group_alone() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("natter.db")).expect("open");
-        let before = store.write(|conn| insert_user(conn, "before"));
-        let refused = store.write_then(
-            Isolation::ChecksFirst,
-            |_| Err::<(), _>(StoreError::Forbidden("not a member")),
-            |_| {},
-        );
-        let after = store.write(|conn| insert_user(conn, "after"));
-        let (before, refused, after) = tokio::join!(before, refused, after);
+        let [before, refused, after] =
+            between_two_writes(&store, |_| Err(StoreError::Forbidden("not a member"))).await;
         assert!(matches!(refused, Err(StoreError::Forbidden(_))));
         assert!(before.is_ok() && after.is_ok());
         assert_eq!(usernames(&store), ["after", "before"]);
