@@ -65,6 +65,35 @@ pub struct SqliteStore {
     listener: Listener,
 }
 
+/// Every statement that runs per request goes through the connection's statement cache.
+/// `Connection::query_row` and `execute` parse their SQL on every call, and under a reconnect
+/// storm parsing the token check cost more than running it (docs/benchmarks.md).
+trait CachedStatements {
+    fn query_row_cached<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl CachedStatements for Connection {
+    fn query_row_cached<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
@@ -175,11 +204,7 @@ impl SqliteStore {
                 )));
                 return None;
             };
-            // Prepared once: a statement parsed per job showed up in profiles of the writer.
-            let run = |sql: &str| {
-                conn.prepare_cached(sql)
-                    .and_then(|mut stmt| stmt.execute([]))
-            };
+            let run = |sql: &str| conn.execute_cached(sql, []);
             let (outcome, sound) = match isolation {
                 Isolation::Savepoint => {
                     let outcome = run("SAVEPOINT job")
@@ -268,7 +293,7 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(error) = conn.execute_cached("BEGIN IMMEDIATE", []) {
             tracing::error!(%error, "cannot begin a write transaction");
             for job in group.drain(..) {
                 job(None);
@@ -297,7 +322,7 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
                 "the write transaction was aborted".into(),
             ))
         } else {
-            conn.execute_batch("COMMIT").map_err(unavailable)
+            conn.execute_cached("COMMIT", []).map(|_| ()).map_err(unavailable)
         };
         if let Err(error) = &commit {
             if !conn.is_autocommit() {
@@ -562,7 +587,7 @@ fn add_member(
         return Err(StoreError::Conflict("already a member"));
     }
     let user: Option<i64> = db(conn
-        .query_row("SELECT id FROM users WHERE id = ?1", [user_id.0], |row| {
+        .query_row_cached("SELECT id FROM users WHERE id = ?1", [user_id.0], |row| {
             row.get(0)
         })
         .optional())?;
@@ -581,7 +606,7 @@ fn add_member(
             role: Some(role),
         },
     )?;
-    db(conn.execute(
+    db(conn.execute_cached(
         "INSERT INTO members (room_id, user_id, role, joined_seq, read_seq, delivered_seq)
          VALUES (?1, ?2, ?3, ?4, ?4, ?4)",
         params![room_id.0, user_id.0, role_str(role), record.seq.0],
@@ -702,7 +727,7 @@ fn apply_change(
         }
         Change::Edit { message_id, body } => {
             live_message(conn, room_id, message_id)?;
-            db(conn.execute(
+            db(conn.execute_cached(
                 "UPDATE messages SET body = ?1, edited_at = ?2 WHERE id = ?3",
                 params![body, now, message_id.0],
             ))?;
@@ -721,7 +746,7 @@ fn apply_change(
         }
         Change::Delete { message_id } => {
             live_message(conn, room_id, message_id)?;
-            db(conn.execute(
+            db(conn.execute_cached(
                 "UPDATE messages SET body = '', deleted = 1 WHERE id = ?1",
                 [message_id.0],
             ))?;
@@ -745,7 +770,7 @@ fn apply_change(
             if db(role_of(conn, room_id, user_id))?.is_none() {
                 return Err(StoreError::NotFound("member"));
             }
-            db(conn.execute(
+            db(conn.execute_cached(
                 "DELETE FROM members WHERE room_id = ?1 AND user_id = ?2",
                 params![room_id.0, user_id.0],
             ))?;
@@ -764,7 +789,7 @@ fn apply_change(
         }
         Change::UpdateRoom { name, topic } => {
             require_room(conn, room_id)?;
-            match conn.execute(
+            match conn.execute_cached(
                 "UPDATE rooms SET name = ?1, topic = ?2 WHERE id = ?3",
                 params![name, topic, room_id.0],
             ) {
@@ -790,7 +815,7 @@ fn apply_change(
             if db(role_of(conn, room_id, user_id))?.is_none() {
                 return Err(StoreError::NotFound("member"));
             }
-            db(conn.execute(
+            db(conn.execute_cached(
                 "UPDATE members SET role = ?1 WHERE room_id = ?2 AND user_id = ?3",
                 params![role_str(role), room_id.0, user_id.0],
             ))?;
@@ -813,7 +838,7 @@ fn apply_change(
 #[async_trait]
 impl Store for SqliteStore {
     async fn health(&self) -> Result<(), StoreError> {
-        self.read(|conn| db(conn.query_row("SELECT 1", [], |_| Ok(()))))
+        self.read(|conn| db(conn.query_row_cached("SELECT 1", [], |_| Ok(()))))
             .await
     }
 
@@ -834,12 +859,12 @@ impl Store for SqliteStore {
             password_hash.to_owned(),
         );
         self.write(move |conn| {
-            let existing: i64 = db(conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0)))?;
+            let existing: i64 = db(conn.query_row_cached("SELECT COUNT(*) FROM users", [], |r| r.get(0)))?;
             if only_if_first && existing > 0 {
                 return Err(StoreError::RegistrationClosed);
             }
             let is_admin = existing == 0;
-            match conn.execute(
+            match conn.execute_cached(
                 "INSERT INTO users (username, display_name, password_hash, is_admin, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
@@ -874,7 +899,7 @@ impl Store for SqliteStore {
         let username = username.to_owned();
         self.read(move |conn| {
             db(conn
-                .query_row(
+                .query_row_cached(
                     &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?1"),
                     [username],
                     |row| Ok((user_record(row)?, row.get(4)?)),
@@ -888,7 +913,7 @@ impl Store for SqliteStore {
         let username = username.to_owned();
         self.read(move |conn| {
             db(conn
-                .query_row(
+                .query_row_cached(
                     &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
                     [username],
                     user_record,
@@ -905,7 +930,7 @@ impl Store for SqliteStore {
         expires_at: i64,
     ) -> Result<(), StoreError> {
         self.write(move |conn| {
-            db(conn.execute(
+            db(conn.execute_cached(
                 "INSERT INTO tokens (hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
                 params![&token.0[..], user_id.0, natter_core::now_ms(), expires_at],
             ))
@@ -921,7 +946,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<UserRecord>, StoreError> {
         self.read(move |conn| {
             db(conn
-                .query_row(
+                .query_row_cached(
                     "SELECT u.id, u.username, u.display_name, u.is_admin
                      FROM tokens t JOIN users u ON u.id = t.user_id
                      WHERE t.hash = ?1 AND t.expires_at > ?2",
@@ -935,7 +960,7 @@ impl Store for SqliteStore {
 
     async fn revoke_token(&self, token: TokenId) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            db(conn.execute("DELETE FROM tokens WHERE hash = ?1", [&token.0[..]])).map(|n| n > 0)
+            db(conn.execute_cached("DELETE FROM tokens WHERE hash = ?1", [&token.0[..]])).map(|n| n > 0)
         })
         .await
     }
@@ -950,7 +975,7 @@ impl Store for SqliteStore {
     ) -> Result<(RoomId, Vec<EventRecord>), StoreError> {
         let (name, topic) = (name.to_owned(), topic.to_owned());
         self.write(move |conn| {
-            match conn.execute(
+            match conn.execute_cached(
                 "INSERT INTO rooms (kind, name, topic, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![kind_str(kind), name, topic, now],
             ) {
@@ -976,12 +1001,12 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let (key, kind) = dm_key(&members);
             let existing: Option<i64> = db(conn
-                .query_row("SELECT id FROM rooms WHERE dm_key = ?1", [&key], |r| r.get(0))
+                .query_row_cached("SELECT id FROM rooms WHERE dm_key = ?1", [&key], |r| r.get(0))
                 .optional())?;
             if let Some(id) = existing {
                 return Ok((RoomId(id), Vec::new()));
             }
-            db(conn.execute(
+            db(conn.execute_cached(
                 "INSERT INTO rooms (kind, name, topic, dm_key, created_at) VALUES (?1, '', '', ?2, ?3)",
                 params![kind_str(kind), key, now],
             ))?;
@@ -1030,7 +1055,7 @@ impl Store for SqliteStore {
     async fn room(&self, room_id: RoomId, viewer: UserId) -> Result<Option<RoomInfo>, StoreError> {
         self.read(move |conn| {
             db(conn
-                .query_row(
+                .query_row_cached(
                     &format!("{ROOM_SELECT} WHERE r.id = ?2"),
                     params![viewer.0, room_id.0],
                     |row| room_row(conn, row),
@@ -1048,10 +1073,7 @@ impl Store for SqliteStore {
     async fn rooms_of(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError> {
         self.read(move |conn| {
             // One read transaction: every last_seq comes from the same snapshot.
-            let run = |sql: &str| {
-                conn.prepare_cached(sql)
-                    .and_then(|mut stmt| stmt.execute([]))
-            };
+            let run = |sql: &str| conn.execute_cached(sql, []);
             db(run("BEGIN"))?;
             let memberships = conn
                 .prepare_cached(&format!("{ROOM_SELECT} WHERE v.user_id = ?1 ORDER BY r.id"))
@@ -1138,7 +1160,7 @@ impl Store for SqliteStore {
     ) -> Result<Positions, StoreError> {
         self.write(move |conn| {
             let current: Option<(u64, u64, u64)> = db(conn
-                .query_row(
+                .query_row_cached(
                     "SELECT m.delivered_seq, m.read_seq, r.last_seq FROM members m
                      JOIN rooms r ON r.id = m.room_id WHERE m.room_id = ?1 AND m.user_id = ?2",
                     params![room_id.0, user_id.0],
@@ -1155,7 +1177,7 @@ impl Store for SqliteStore {
             if !moved {
                 return Ok(Positions { delivered: RoomSeq(delivered_now), read: RoomSeq(read_now), moved });
             }
-            db(conn.execute(
+            db(conn.execute_cached(
                 "UPDATE members SET delivered_seq = ?1, read_seq = ?2 WHERE room_id = ?3 AND user_id = ?4",
                 params![delivered_next, read_next, room_id.0, user_id.0],
             ))?;
@@ -1183,7 +1205,7 @@ impl Store for SqliteStore {
 
     async fn set_last_seen(&self, user_id: UserId, at: i64) -> Result<(), StoreError> {
         self.write(move |conn| {
-            db(conn.execute(
+            db(conn.execute_cached(
                 "UPDATE users SET last_seen_at = ?1 WHERE id = ?2",
                 params![at, user_id.0],
             ))
@@ -1199,7 +1221,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<Message>, StoreError> {
         self.read(move |conn| {
             db(conn
-                .query_row(
+                .query_row_cached(
                     &format!("{MESSAGE_SELECT} WHERE m.id = ?1 AND m.room_id = ?2"),
                     params![message_id.0, room_id.0],
                     message_row,
