@@ -107,6 +107,7 @@ def main():
         if row.get("scenario") == "idle" and row.get("server_rss_after_kib"):
             rss = (row["server_rss_after_kib"] - row["server_rss_before_kib"]) / 1024
             memory.setdefault(row["server"], []).append((row["connections"], rss))
+    out_dir.mkdir(parents=True, exist_ok=True)
     if runs:
         (out_dir / "bench-latency.svg").write_text(chart(
             "Fan-out, 10 rooms × 100 members: p99 latency against throughput (one server core)",

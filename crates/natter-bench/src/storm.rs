@@ -279,6 +279,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .dropped_at
         .store(shared.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
     let storm_started = Instant::now();
+    let server_cpu = || args.target.server_pid.and_then(crate::server::cpu_time);
+    let cpu_before = server_cpu();
     let _ = drop_tx.send(true);
     eprintln!("storm: {} clients dropped at once", args.clients);
     let deadline = storm_started + Duration::from_secs(args.deadline);
@@ -290,6 +292,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Server CPU over the storm (to the 100 ms tick after the last resume): steadier than the
+    // wall time on a shared machine, so it is what to compare when changing the start path.
+    let storm_cpu_s = cpu_before
+        .zip(server_cpu())
+        .map(|(before, after)| after.saturating_sub(before).as_secs_f64());
     eprintln!();
     // Stop sending, let the last acks and deliveries arrive, then stop the clients and compare
     // what each saw with its room's last acknowledged message.
@@ -350,13 +357,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .then(|| resumed_after.last().map(|us| *us as f64 / 1e6))
         .flatten();
     println!(
-        "storm: {} clients in {} rooms dropped at once: {} resumed; all within {} s (p50 {:?} s, p99 {:?} s); lost {lost}, duplicates {duplicates}, behind at the end {behind}, client errors {failed}",
+        "storm: {} clients in {} rooms dropped at once: {} resumed; all within {} s (p50 {:?} s, p99 {:?} s); lost {lost}, duplicates {duplicates}, behind at the end {behind}, client errors {failed}; server CPU {}",
         args.clients,
         args.rooms,
         resumed_after.len(),
         all_resumed_s.map_or("— (not all)".into(), |s| format!("{s:.2}")),
         pick(0.5),
         pick(0.99),
+        storm_cpu_s.map_or("unknown (no --server-pid)".into(), |s| format!("{s:.2} s")),
     );
     println!(
         "{}",
@@ -372,6 +380,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             "duplicates": duplicates,
             "behind_at_end": behind,
             "client_errors": failed,
+            "server_cpu_s": storm_cpu_s,
         })
     );
     // Not a timing: a message lost or delivered twice is a bug, whatever the machine.
