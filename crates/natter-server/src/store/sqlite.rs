@@ -322,7 +322,9 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
                 "the write transaction was aborted".into(),
             ))
         } else {
-            conn.execute_cached("COMMIT", []).map(|_| ()).map_err(unavailable)
+            conn.execute_cached("COMMIT", [])
+                .map(|_| ())
+                .map_err(unavailable)
         };
         if let Err(error) = &commit {
             if !conn.is_autocommit() {
@@ -859,7 +861,8 @@ impl Store for SqliteStore {
             password_hash.to_owned(),
         );
         self.write(move |conn| {
-            let existing: i64 = db(conn.query_row_cached("SELECT COUNT(*) FROM users", [], |r| r.get(0)))?;
+            let existing: i64 =
+                db(conn.query_row_cached("SELECT COUNT(*) FROM users", [], |r| r.get(0)))?;
             if only_if_first && existing > 0 {
                 return Err(StoreError::RegistrationClosed);
             }
@@ -960,7 +963,8 @@ impl Store for SqliteStore {
 
     async fn revoke_token(&self, token: TokenId) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            db(conn.execute_cached("DELETE FROM tokens WHERE hash = ?1", [&token.0[..]])).map(|n| n > 0)
+            db(conn.execute_cached("DELETE FROM tokens WHERE hash = ?1", [&token.0[..]]))
+                .map(|n| n > 0)
         })
         .await
     }
