@@ -2,7 +2,8 @@
 //!
 //! This crate does no IO of its own. It reaches storage and other nodes only through the ports in
 //! [`ports`], and it receives an authenticated [`UserId`](natter_protocol::UserId), never a token or
-//! a password: transports authenticate before they build a [`session::Session`].
+//! a password: transports hash the token and have it checked ([`session::Credentials`]) before
+//! they build a [`session::Session`].
 //!
 //! # Layout
 //! - [`ports`]: `Store` (durable state; assigns every room event its gapless `RoomSeq`) and

@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use natter_core::ports::store::{TokenId, UserRecord};
 use natter_core::ports::{Envelope, UserNotice};
+use natter_core::session::Credentials;
 use natter_protocol::{ErrorCode, UserInfo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -99,14 +100,8 @@ pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
 pub async fn authenticate(
     state: &ServerState,
     token: &str,
-) -> Result<Option<(UserRecord, TokenId)>, ApiError> {
-    let id = Token::id(token);
-    Ok(state
-        .app
-        .store
-        .user_by_token(id, natter_core::now_ms())
-        .await?
-        .map(|user| (user, id)))
+) -> Result<Option<Credentials>, ApiError> {
+    Ok(Credentials::check(&state.app, Token::id(token)).await?)
 }
 
 #[derive(Deserialize)]
@@ -226,7 +221,7 @@ pub async fn register(
                 Some(token) => authenticate(&state, &token).await?,
                 None => None,
             };
-            !admin.is_some_and(|(user, _)| user.is_admin)
+            !admin.is_some_and(|credentials| credentials.user.is_admin)
         }
     };
     let hash = hash_password(request.password).await?;
@@ -270,7 +265,10 @@ pub async fn logout(
 ) -> Result<Response, ApiError> {
     let token = request_token(&headers)
         .ok_or_else(|| ApiError::new(ErrorCode::NotAuthenticated, "no token given"))?;
-    let Some((user, id)) = authenticate(&state, &token).await? else {
+    let Some(Credentials {
+        user, token: id, ..
+    }) = authenticate(&state, &token).await?
+    else {
         return Err(ApiError::new(
             ErrorCode::AuthFailed,
             "unknown or expired token",

@@ -4,19 +4,21 @@
 //! two halves:
 //! - [`Session`] takes the client's requests one at a time and answers each with exactly one
 //!   frame (rate limited per connection);
-//! - [`SessionStream`](stream::SessionStream) yields the frames to write: the welcome, replies,
+//! - [`SessionStream`] yields the frames to write: the welcome, replies,
 //!   and every room's events in sequence order, with gaps filled from the store.
 //!
 //! The session subscribes to its rooms in the hub *before* it reads the room snapshot and the
 //! missed events, so an event committed in between arrives twice at worst, and the stream drops
-//! the second copy by its sequence.
+//! the second copy by its sequence. In the same way it registers before it trusts its token
+//! check: a revocation that reached the hub in between sends it back to the store
+//! ([`Credentials`]).
 
 pub mod outbox;
 pub mod stream;
 
 use crate::App;
 use crate::hub::SessionKey;
-use crate::ports::store::{EventRecord, TokenId, UserRecord};
+use crate::ports::store::{EventRecord, StoreError, TokenId, UserRecord};
 use crate::services::{ServiceError, liveness, messages, rooms};
 use natter_protocol::frame::{ClientFrame, Request, ServerFrame};
 use natter_protocol::{
@@ -111,6 +113,33 @@ async fn welcome_presence(app: &App, user_id: UserId) -> Result<Vec<PresenceInfo
         .collect())
 }
 
+/// A token the store vouched for, and what a session needs to know to trust that answer
+/// once the session is registered.
+///
+/// A revocation closes the sessions the hub holds with its token. One that arrives after the
+/// store was asked and before the session is registered finds no session to close, so
+/// [`Session::start`] asks the store again, but only if the hub's revocation count moved in
+/// between: usually none did, and the start costs one store read less.
+pub struct Credentials {
+    pub user: UserRecord,
+    pub token: TokenId,
+    /// [`Hub::revocations`](crate::hub::Hub::revocations) before the store was asked.
+    revocations: u64,
+}
+
+impl Credentials {
+    /// The account behind `token` if the token is valid now.
+    pub async fn check(app: &App, token: TokenId) -> Result<Option<Credentials>, StoreError> {
+        let revocations = app.hub.revocations();
+        let user = app.store.user_by_token(token, crate::now_ms()).await?;
+        Ok(user.map(|user| Credentials {
+            user,
+            token,
+            revocations,
+        }))
+    }
+}
+
 /// The request half of a session. Dropping it removes the session from the hub.
 pub struct Session {
     app: App,
@@ -125,18 +154,33 @@ pub struct Session {
 }
 
 impl Session {
-    /// Registers the session, reads the user's rooms as one snapshot, subscribes to them, and
-    /// queues the `welcome` reply to `hello_id`. `resume` maps rooms to the last sequence the
-    /// client applied; events after it follow the welcome.
+    /// Registers the session, refuses it (`auth_failed`) if its token was revoked since it was
+    /// checked, reads the user's rooms as one snapshot, subscribes to them, and queues the
+    /// `welcome` reply to `hello_id`. `resume` maps rooms to the last sequence the client
+    /// applied; events after it follow the welcome.
     pub async fn start(
         app: App,
-        user: UserRecord,
-        token: TokenId,
+        credentials: Credentials,
         greeting: Greeting,
         resume: BTreeMap<RoomId, RoomSeq>,
     ) -> Result<(Session, SessionStream), ServiceError> {
+        let Credentials {
+            user,
+            token,
+            revocations,
+        } = credentials;
         let outbox = Arc::new(Outbox::new(app.limits.outbox_capacity));
         let key = app.hub.register(user.info.id, token, outbox.clone());
+        if app.hub.revocations() != revocations {
+            let still_valid = app.store.user_by_token(token, crate::now_ms()).await;
+            if !matches!(still_valid, Ok(Some(_))) {
+                app.hub.unregister(key);
+                return Err(match still_valid {
+                    Err(error) => error.into(),
+                    Ok(_) => ServiceError::new(ErrorCode::AuthFailed, "this token was revoked"),
+                });
+            }
+        }
         let memberships = match app.store.rooms_of(user.info.id).await {
             Ok(memberships) => memberships,
             Err(error) => {

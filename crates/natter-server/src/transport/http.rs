@@ -21,8 +21,8 @@ use axum::extract::{Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use natter_core::ports::store::{TokenId, UserRecord};
-use natter_core::session::{Greeting, RateLimiter, Session, SessionStream, answer};
+use natter_core::ports::store::TokenId;
+use natter_core::session::{Credentials, Greeting, RateLimiter, Session, SessionStream, answer};
 use natter_protocol::frame::{Request, ServerFrame};
 use natter_protocol::{CloseCode, ErrorCode, RequestId, RoomId, RoomSeq, codec};
 use serde::Deserialize;
@@ -163,7 +163,7 @@ async fn authenticate(
     state: &ServerState,
     headers: &HeaderMap,
     query_token: Option<String>,
-) -> Result<(UserRecord, TokenId), ApiError> {
+) -> Result<Credentials, ApiError> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -189,7 +189,7 @@ async fn authenticate(
 ///   (a failed request is an `error` frame, as on the WebSocket).
 /// - 401 with an `auth_failed` error frame when the token is missing or refused.
 pub async fn rpc(State(state): State<ServerState>, headers: HeaderMap, body: Bytes) -> Response {
-    let (user, token) = match authenticate(&state, &headers, None).await {
+    let Credentials { user, token, .. } = match authenticate(&state, &headers, None).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
     };
@@ -233,12 +233,11 @@ pub async fn rpc(State(state): State<ServerState>, headers: HeaderMap, body: Byt
 
 async fn start_session(
     state: &ServerState,
-    user: UserRecord,
-    token: TokenId,
+    credentials: Credentials,
     greeting: Greeting,
     resume: &Cursors,
 ) -> Result<(Session, SessionStream), Response> {
-    Session::start(state.app.clone(), user, token, greeting, resume.0.clone())
+    Session::start(state.app.clone(), credentials, greeting, resume.0.clone())
         .await
         .map_err(|error| ApiError::from(error).into_response())
 }
@@ -254,7 +253,7 @@ pub async fn sse(
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> Response {
-    let (user, token) = match authenticate(&state, &headers, query.token).await {
+    let credentials = match authenticate(&state, &headers, query.token).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
     };
@@ -269,8 +268,7 @@ pub async fn sse(
     };
     let (session, stream) = match start_session(
         &state,
-        user,
-        token,
+        credentials,
         Greeting::Welcome(RequestId(0)),
         &resume,
     )
@@ -349,7 +347,7 @@ pub async fn poll(
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> Response {
-    let (user, token) = match authenticate(&state, &headers, query.token).await {
+    let credentials = match authenticate(&state, &headers, query.token).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
     };
@@ -365,7 +363,7 @@ pub async fn poll(
         Err(error) => return error.into_response(),
     };
     let wait = Duration::from_secs(query.timeout.unwrap_or(25).clamp(1, 60));
-    let (_session, mut stream) = match start_session(&state, user, token, greeting, &cursors).await
+    let (_session, mut stream) = match start_session(&state, credentials, greeting, &cursors).await
     {
         Ok(pair) => pair,
         Err(response) => return response,

@@ -213,3 +213,84 @@ async fn healthz_answers_when_the_store_does() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }
+
+/// A logout can land after a session's token check and before the session is in the hub, where
+/// the revocation looks for sessions to close. Every transport starts sessions this way
+/// (`Session::start`), so this is checked once, below the transports, with the real store.
+mod revoked_while_starting {
+    use natter_core::ports::store::TokenId;
+    use natter_core::ports::{Envelope, UserNotice};
+    use natter_core::session::{Credentials, Greeting, Session};
+    use natter_core::{App, Limits};
+    use natter_protocol::{ErrorCode, RequestId, UserId};
+    use std::collections::BTreeMap;
+
+    async fn app_with_token(token: TokenId) -> (tempfile::TempDir, App, UserId) {
+        let (dir, store) = crate::support::sqlite_store();
+        let user = store
+            .create_user("ana", "Ana", "hash", false)
+            .await
+            .unwrap();
+        let expires = natter_core::now_ms() + 3_600_000;
+        store
+            .insert_token(token, user.info.id, expires)
+            .await
+            .unwrap();
+        (
+            dir,
+            App::single_node(store, Limits::default()),
+            user.info.id,
+        )
+    }
+
+    /// What `POST /api/v1/logout` does.
+    async fn logout(app: &App, user_id: UserId, token: TokenId) {
+        assert!(app.store.revoke_token(token).await.unwrap());
+        let notice = UserNotice::TokenRevoked { token };
+        app.publish(Envelope::User { user_id, notice }).await;
+    }
+
+    async fn start(app: &App, credentials: Credentials) -> Result<Session, ErrorCode> {
+        let greeting = Greeting::Welcome(RequestId(1));
+        Session::start(app.clone(), credentials, greeting, BTreeMap::new())
+            .await
+            .map(|(session, _stream)| session)
+            .map_err(|error| error.code)
+    }
+
+    #[tokio::test]
+    async fn a_token_revoked_between_its_check_and_the_session_start_is_refused() {
+        let token = TokenId([1; 32]);
+        let (_dir, app, ana) = app_with_token(token).await;
+        let checked = Credentials::check(&app, token)
+            .await
+            .unwrap()
+            .expect("valid");
+        logout(&app, ana, token).await;
+        assert_eq!(
+            start(&app, checked).await.err(),
+            Some(ErrorCode::AuthFailed)
+        );
+        assert_eq!(
+            app.hub.session_count(),
+            0,
+            "the refused session left the hub"
+        );
+    }
+
+    #[tokio::test]
+    async fn another_tokens_revocation_meanwhile_does_not_refuse_the_start() {
+        let (mine, other) = (TokenId([1; 32]), TokenId([2; 32]));
+        let (_dir, app, ana) = app_with_token(mine).await;
+        let expires = natter_core::now_ms() + 3_600_000;
+        app.store.insert_token(other, ana, expires).await.unwrap();
+        let checked = Credentials::check(&app, mine)
+            .await
+            .unwrap()
+            .expect("valid");
+        logout(&app, ana, other).await;
+        let session = start(&app, checked).await.expect("still valid");
+        assert_eq!(app.hub.session_count(), 1);
+        drop(session);
+    }
+}

@@ -209,7 +209,7 @@ async fn await_hello(
             socket.close(CloseCode::AuthFailed).await;
             return None;
         };
-        let (user, token_id) = match auth::authenticate(state, &token).await {
+        let credentials = match auth::authenticate(state, &token).await {
             Ok(Some(found)) => found,
             Ok(None) => {
                 let refusal = reject(ErrorCode::AuthFailed, "unknown, expired or revoked token");
@@ -227,24 +227,16 @@ async fn await_hello(
                 return None;
             }
         };
-        let user_id = user.info.id;
+        let user_id = credentials.user.info.id;
         match Session::start(
             state.app.clone(),
-            user,
-            token_id,
+            credentials,
             Greeting::Welcome(frame.id),
             resume,
         )
         .await
         {
             Ok((session, stream)) => {
-                // A logout between the token check and the session's registration in the hub
-                // would miss this session: check once more now that it is registered.
-                if !matches!(auth::authenticate(state, &token).await, Ok(Some(_))) {
-                    drop(session);
-                    socket.close(CloseCode::Revoked).await;
-                    return None;
-                }
                 tracing::debug!(%user_id, "session started");
                 return Some(Hello { session, stream });
             }
@@ -252,7 +244,13 @@ async fn await_hello(
                 socket
                     .reply_by(deadline, reject(error.code, &error.message))
                     .await;
-                socket.close(CloseCode::TryAgainLater).await;
+                // Revoked while the session started (`session::Credentials`).
+                let close = if error.code == ErrorCode::AuthFailed {
+                    CloseCode::Revoked
+                } else {
+                    CloseCode::TryAgainLater
+                };
+                socket.close(close).await;
                 return None;
             }
         }
