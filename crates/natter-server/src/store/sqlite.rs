@@ -7,8 +7,9 @@
 //! (`synchronous=FULL`, WAL). Each caller hears back only after that commit. This is how
 //! acknowledged means durable without one fsync per message.
 //!
-//! Reads run on a small pool of read connections on the blocking thread pool; WAL lets them
-//! proceed while the writer commits, each seeing a consistent snapshot.
+//! Reads run on eight reader threads, each with its own connection, fed by one queue
+//! ([`Readers`]); WAL lets them proceed while the writer commits, each seeing a consistent
+//! snapshot.
 
 use super::schema::MIGRATIONS;
 use super::{
@@ -25,17 +26,15 @@ use natter_protocol::{
     ClientMsgId, Message, MessageId, Role, RoomId, RoomInfo, RoomKind, RoomSeq, UserId, UserInfo,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 /// Jobs committed together at most; bounds the latency one commit adds to the first job.
 const MAX_GROUP: usize = 512;
-/// Reads running at once, each on its own pooled connection. Reads beyond it wait for a turn
-/// rather than open a connection each: under a reconnect storm, opening (and re-preparing every
-/// statement on) thousands of connections cost more than the reads themselves.
-const MAX_READERS: usize = 8;
+/// Reader threads, each with its own connection; reads beyond them wait in the queue.
+const READERS: usize = 8;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A write. Given the connection, it runs (see [`Isolation`]) and returns its completion (to
@@ -57,11 +56,10 @@ enum Isolation {
 }
 
 pub struct SqliteStore {
-    path: PathBuf,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    read_turns: Arc<tokio::sync::Semaphore>,
+    readers: Arc<Readers>,
+    reader_threads: Mutex<Vec<JoinHandle<()>>>,
     listener: Listener,
 }
 
@@ -163,21 +161,42 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || run_writer(conn, queue))
             .map_err(unavailable)?;
+        let readers = Arc::new(Readers::default());
+        let mut reader_threads = Vec::with_capacity(READERS);
+        for n in 0..READERS {
+            let conn = open_connection(path).map_err(unavailable)?;
+            let queue = readers.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("sqlite-reader-{n}"))
+                .spawn(move || queue.serve(conn))
+                .map_err(unavailable)?;
+            reader_threads.push(thread);
+        }
         Ok(SqliteStore {
-            path: path.to_owned(),
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(writer)),
-            readers: Arc::new(Mutex::new(Vec::new())),
-            read_turns: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            readers,
+            reader_threads: Mutex::new(reader_threads),
             listener: Listener::default(),
         })
     }
 
-    /// Lets the writer finish every queued job, then stops it. Later writes fail.
+    /// Lets the writer finish every queued job, then stops it and the readers (after the reads
+    /// already queued). Later reads and writes fail.
     pub fn shut(&self) {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(writer) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = writer.join();
+        }
+        self.readers.close();
+        let threads = std::mem::take(
+            &mut *self
+                .reader_threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for thread in threads {
+            let _ = thread.join();
         }
     }
 
@@ -249,30 +268,85 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let readers = self.readers.clone();
-        let path = self.path.clone();
-        let turn = self
-            .read_turns
-            .clone()
-            .acquire_owned()
+        let (reply, result) = oneshot::channel();
+        self.readers.submit(Box::new(move |conn| {
+            let _ = reply.send(match conn {
+                Some(conn) => f(conn),
+                None => Err(StoreError::Unavailable("the store is closed".into())),
+            });
+        }));
+        result
             .await
-            .map_err(unavailable)?;
-        tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            let pooled = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => open_connection(&path).map_err(unavailable)?,
+            .map_err(|_| StoreError::Unavailable("a reader stopped".into()))?
+    }
+}
+
+/// A read, given a connection to run on, or `None` when the store is closing.
+type ReadJob = Box<dyn FnOnce(Option<&Connection>) + Send>;
+
+/// The read side: [`READERS`] threads, each owning a connection, taking reads from one queue.
+///
+/// Not a blocking-pool task per read: on a busy core each `spawn_blocking` woke a pool thread
+/// while holding the pool's lock, and the two threads took turns on that lock, several context
+/// switches per read. A reconnect storm makes four reads per session start (docs/benchmarks.md).
+#[derive(Default)]
+struct Readers {
+    queue: Mutex<ReadQueue>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct ReadQueue {
+    jobs: std::collections::VecDeque<ReadJob>,
+    /// Readers waiting for a job: only then does a submit wake one.
+    idle: usize,
+    closed: bool,
+}
+
+impl Readers {
+    fn submit(&self, job: ReadJob) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.closed {
+            drop(queue);
+            return job(None);
+        }
+        queue.jobs.push_back(job);
+        let wake = queue.idle > 0;
+        // Woken after the lock is released, so that the reader does not wake only to wait for it.
+        drop(queue);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Runs queued reads on `conn` until the store closes and the queue is empty.
+    fn serve(&self, conn: Connection) {
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(job) = queue.jobs.pop_front() {
+                        break job;
+                    }
+                    if queue.closed {
+                        return;
+                    }
+                    queue.idle += 1;
+                    queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+                    queue.idle -= 1;
+                }
             };
-            let result = f(&conn);
-            let mut idle = readers.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < MAX_READERS {
-                idle.push(conn);
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn))));
+            if ran.is_err() && !conn.is_autocommit() {
+                // A read that panicked inside its transaction must not leave it open.
+                let _ = conn.execute_batch("ROLLBACK");
             }
-            result
-        })
-        .await
-        .map_err(unavailable)?
+        }
+    }
+
+    fn close(&self) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.ready.notify_all();
     }
 }
 
@@ -1329,18 +1403,57 @@ mod statement_tests {
 }
 
 #[cfg(test)]
+mod reader_tests {
+    use super::{SqliteStore, db};
+    use natter_core::ports::store::{Store, StoreError};
+
+    #[tokio::test]
+    async fn reads_queued_when_the_store_shuts_are_answered_and_later_ones_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("r.db")).expect("open"));
+        // More reads than readers, so that some wait in the queue when it closes.
+        let reads: Vec<_> = (0..64)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .read(move |conn| {
+                            db(conn.query_row("SELECT ?1", [n], |row| row.get::<_, i64>(0)))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        // The test runtime has one thread: every spawned read is queued before this goes on.
+        tokio::task::yield_now().await;
+        let closing = store.clone();
+        tokio::task::spawn_blocking(move || closing.shut())
+            .await
+            .expect("shut");
+        for (n, read) in reads.into_iter().enumerate() {
+            assert_eq!(read.await.expect("task").expect("answered"), n as i64);
+        }
+        assert!(matches!(
+            store.health().await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+}
+
+#[cfg(test)]
 mod isolation_tests {
     use super::{Isolation, SqliteStore, db};
     use natter_core::ports::store::{Store, StoreError};
 
-    fn usernames(store: &SqliteStore) -> Vec<String> {
-        let conn = super::open_connection(&store.path).expect("open");
-        let mut stmt = conn
-            .prepare("SELECT username FROM users ORDER BY username")
-            .expect("prepare");
-        stmt.query_map([], |row| row.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
+    async fn usernames(store: &SqliteStore) -> Vec<String> {
+        store
+            .read(|conn| {
+                let mut stmt = db(conn.prepare("SELECT username FROM users ORDER BY username"))?;
+                db(stmt
+                    .query_map([], |row| row.get(0))
+                    .and_then(|rows| rows.collect::<Result<_, _>>()))
+            })
+            .await
             .expect("rows")
     }
 
@@ -1377,7 +1490,7 @@ mod isolation_tests {
         })
         .await;
         assert!(failing.is_err(), "the failing job hears its failure");
-        let stored = usernames(&store);
+        let stored = usernames(&store).await;
         assert!(!stored.contains(&"half-done".to_owned()), "{stored:?}");
         // Whatever else shared its group failed with it; whatever was told "ok" is stored.
         for (name, result) in [("before", before), ("after", after)] {
@@ -1397,7 +1510,7 @@ mod isolation_tests {
             between_two_writes(&store, |_| Err(StoreError::Forbidden("not a member"))).await;
         assert!(matches!(refused, Err(StoreError::Forbidden(_))));
         assert!(before.is_ok() && after.is_ok());
-        assert_eq!(usernames(&store), ["after", "before"]);
+        assert_eq!(usernames(&store).await, ["after", "before"]);
         store.health().await.expect("the store goes on");
     }
 }
