@@ -13,7 +13,7 @@
 
 use super::schema::MIGRATIONS;
 use super::{
-    EVENT_SELECT, EventColumns, Listener, MESSAGE_SELECT, NewMessage, dm_key, kind_str, parse_kind,
+    EventColumns, Listener, NewMessage, dm_key, event_select, kind_str, message_select, parse_kind,
     parse_role, role_str,
 };
 use async_trait::async_trait;
@@ -423,7 +423,11 @@ fn is_unique_violation(error: &rusqlite::Error) -> bool {
     )
 }
 
-const USER_COLUMNS: &str = "id, username, display_name, is_admin";
+macro_rules! user_columns {
+    () => {
+        "id, username, display_name, is_admin"
+    };
+}
 
 fn user_record(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
     Ok(UserRecord {
@@ -461,7 +465,7 @@ fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Res
     let message_id: Option<i64> = row.get(4)?;
     let message = match message_id.filter(|_| EventColumns::needs_message(&kind)) {
         Some(id) => Some(
-            conn.prepare_cached(&format!("{MESSAGE_SELECT} WHERE m.id = ?1"))?
+            conn.prepare_cached(concat!(message_select!(), " WHERE m.id = ?1"))?
                 .query_row([id], message_row)?,
         ),
         None => None,
@@ -486,8 +490,9 @@ fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Res
 /// Statements run for every write go through the connection's statement cache: parsing SQL
 /// would otherwise cost as much as running it.
 fn load_event(conn: &Connection, room_id: RoomId, seq: RoomSeq) -> rusqlite::Result<EventRecord> {
-    conn.prepare_cached(&format!(
-        "{EVENT_SELECT} WHERE e.room_id = ?1 AND e.seq = ?2"
+    conn.prepare_cached(concat!(
+        event_select!(),
+        " WHERE e.room_id = ?1 AND e.seq = ?2"
     ))?
     .query_row(params![room_id.0, seq.0], |row| {
         event_row(conn, room_id, row)
@@ -532,7 +537,9 @@ fn room_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<RoomInfo> {
 /// `?1` is the viewer: `role`, the read position, the unread counts and (column 10) the
 /// sequence their membership began at are theirs. A room's messages are found through its
 /// events (`room_events` is keyed by room and sequence; `messages` only by id).
-const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
+macro_rules! room_select {
+    () => {
+        "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
         v.role,
         (SELECT COUNT(*) FROM members WHERE room_id = r.id),
         COALESCE(v.read_seq, 0),
@@ -543,7 +550,9 @@ const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
             WHERE mn.user_id = ?1 AND m.room_id = r.id AND m.seq > v.read_seq AND m.deleted = 0),
         COALESCE(v.joined_seq, 0)
     FROM rooms r
-    LEFT JOIN members v ON v.room_id = r.id AND v.user_id = ?1";
+    LEFT JOIN members v ON v.room_id = r.id AND v.user_id = ?1"
+    };
+}
 
 fn role_of(conn: &Connection, room_id: RoomId, user_id: UserId) -> rusqlite::Result<Option<Role>> {
     conn.prepare_cached("SELECT role FROM members WHERE room_id = ?1 AND user_id = ?2")?
@@ -977,7 +986,11 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             db(conn
                 .query_row_cached(
-                    &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?1"),
+                    concat!(
+                        "SELECT ",
+                        user_columns!(),
+                        ", password_hash FROM users WHERE username = ?1"
+                    ),
                     [username],
                     |row| Ok((user_record(row)?, row.get(4)?)),
                 )
@@ -991,7 +1004,11 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             db(conn
                 .query_row_cached(
-                    &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
+                    concat!(
+                        "SELECT ",
+                        user_columns!(),
+                        " FROM users WHERE username = ?1"
+                    ),
                     [username],
                     user_record,
                 )
@@ -1134,7 +1151,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             db(conn
                 .query_row_cached(
-                    &format!("{ROOM_SELECT} WHERE r.id = ?2"),
+                    concat!(room_select!(), " WHERE r.id = ?2"),
                     params![viewer.0, room_id.0],
                     |row| room_row(conn, row),
                 )
@@ -1154,7 +1171,10 @@ impl Store for SqliteStore {
             let run = |sql: &str| conn.execute_cached(sql, []);
             db(run("BEGIN"))?;
             let memberships = conn
-                .prepare_cached(&format!("{ROOM_SELECT} WHERE v.user_id = ?1 ORDER BY r.id"))
+                .prepare_cached(concat!(
+                    room_select!(),
+                    " WHERE v.user_id = ?1 ORDER BY r.id"
+                ))
                 .and_then(|mut stmt| {
                     stmt.query_map([user_id.0], |row| {
                         Ok(Membership {
@@ -1179,8 +1199,9 @@ impl Store for SqliteStore {
     async fn public_rooms(&self, viewer: UserId) -> Result<Vec<RoomInfo>, StoreError> {
         self.read(move |conn| {
             db(conn
-                .prepare_cached(&format!(
-                    "{ROOM_SELECT} WHERE r.kind = 'public' ORDER BY r.name COLLATE NOCASE"
+                .prepare_cached(concat!(
+                    room_select!(),
+                    " WHERE r.kind = 'public' ORDER BY r.name COLLATE NOCASE"
                 ))
                 .and_then(|mut stmt| {
                     stmt.query_map([viewer.0], |row| room_row(conn, row))?
@@ -1300,7 +1321,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             db(conn
                 .query_row_cached(
-                    &format!("{MESSAGE_SELECT} WHERE m.id = ?1 AND m.room_id = ?2"),
+                    concat!(message_select!(), " WHERE m.id = ?1 AND m.room_id = ?2"),
                     params![message_id.0, room_id.0],
                     message_row,
                 )
@@ -1323,9 +1344,10 @@ impl Store for SqliteStore {
             };
             // Through the room's events: `messages` has no index by room and sequence.
             let sql = format!(
-                "{MESSAGE_SELECT} JOIN room_events e ON e.message_id = m.id
+                "{} JOIN room_events e ON e.message_id = m.id
                  WHERE e.room_id = ?1 AND e.kind = 'message_created' {filter}
-                 ORDER BY e.seq {order} LIMIT ?2"
+                 ORDER BY e.seq {order} LIMIT ?2",
+                message_select!()
             );
             let fetch = limit as i64 + 1;
             let mut messages = db(conn.prepare_cached(&sql).and_then(|mut stmt| {
@@ -1357,8 +1379,9 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let until = until.map(|u| u.0 as i64).unwrap_or(i64::MAX);
             db(conn
-                .prepare_cached(&format!(
-                    "{EVENT_SELECT} WHERE e.room_id = ?1 AND e.seq > ?2 AND e.seq <= ?3
+                .prepare_cached(concat!(
+                    event_select!(),
+                    " WHERE e.room_id = ?1 AND e.seq > ?2 AND e.seq <= ?3
                      ORDER BY e.seq LIMIT ?4"
                 ))
                 .and_then(|mut stmt| {
@@ -1374,6 +1397,7 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod statement_tests {
+    use crate::store::{event_select, message_select};
     use rusqlite::StatementStatus;
 
     /// Not a timing: a cached statement that SQLite re-prepares on every new parameter value
@@ -1383,15 +1407,9 @@ mod statement_tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut conn = super::open_connection(&dir.path().join("p.db")).expect("open");
         super::migrate(&mut conn).expect("migrate");
-        let event = format!(
-            "{} WHERE e.room_id = ?1 AND e.seq = ?2",
-            super::EVENT_SELECT
-        );
-        let message = format!(
-            "{} WHERE m.id = ?1 AND m.room_id = ?2",
-            super::MESSAGE_SELECT
-        );
-        for sql in [event.as_str(), message.as_str()] {
+        let event = concat!(event_select!(), " WHERE e.room_id = ?1 AND e.seq = ?2");
+        let message = concat!(message_select!(), " WHERE m.id = ?1 AND m.room_id = ?2");
+        for sql in [event, message] {
             let mut stmt = conn.prepare(sql).expect("prepare");
             for value in 1..4_i64 {
                 let mut rows = stmt.query([value, value + 1]).expect("query");

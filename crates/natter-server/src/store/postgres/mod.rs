@@ -13,7 +13,7 @@
 mod group;
 
 use super::{
-    EVENT_SELECT, EventColumns, Listener, MESSAGE_SELECT, NewMessage, dm_key, kind_str, parse_kind,
+    EventColumns, Listener, NewMessage, dm_key, event_select, kind_str, message_select, parse_kind,
     parse_role, role_str,
 };
 use async_trait::async_trait;
@@ -250,7 +250,7 @@ async fn event_row(
     let message_id: Option<i64> = row.get(4);
     let message = match message_id.filter(|_| EventColumns::needs_message(&kind)) {
         Some(id) => Some(message_row(&db(client
-            .query_one_cached(&format!("{MESSAGE_SELECT} WHERE m.id = $1"), &[&id])
+            .query_one_cached(concat!(message_select!(), " WHERE m.id = $1"), &[&id])
             .await)?)),
         None => None,
     };
@@ -278,7 +278,7 @@ async fn load_event(
 ) -> Result<EventRecord, StoreError> {
     let row = db(client
         .query_one_cached(
-            &format!("{EVENT_SELECT} WHERE e.room_id = $1 AND e.seq = $2"),
+            concat!(event_select!(), " WHERE e.room_id = $1 AND e.seq = $2"),
             &[&room_id.0, &(at.0 as i64)],
         )
         .await)?;
@@ -287,7 +287,9 @@ async fn load_event(
 
 /// `$1` is the viewer: `role`, the read position, the unread counts and (column 10) the
 /// sequence their membership began at are theirs.
-const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
+macro_rules! room_select {
+    () => {
+        "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
         v.role,
         (SELECT COUNT(*) FROM members WHERE room_id = r.id),
         COALESCE(v.read_seq, 0),
@@ -297,7 +299,9 @@ const ROOM_SELECT: &str = "SELECT r.id, r.kind, r.name, r.topic, r.last_seq,
             WHERE mn.user_id = $1 AND m.room_id = r.id AND m.seq > v.read_seq AND NOT m.deleted),
         COALESCE(v.joined_seq, 0)
     FROM rooms r
-    LEFT JOIN members v ON v.room_id = r.id AND v.user_id = $1";
+    LEFT JOIN members v ON v.room_id = r.id AND v.user_id = $1"
+    };
+}
 
 async fn room_row(client: &impl GenericClient, row: &Row) -> Result<RoomInfo, StoreError> {
     let id = RoomId(row.get(0));
@@ -1048,7 +1052,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = db(client
             .query_opt_cached(
-                &format!("{ROOM_SELECT} WHERE r.id = $2"),
+                concat!(room_select!(), " WHERE r.id = $2"),
                 &[&viewer.0, &room_id.0],
             )
             .await)?;
@@ -1073,7 +1077,7 @@ impl Store for PostgresStore {
             .await)?;
         let rows = db(tx
             .query_cached(
-                &format!("{ROOM_SELECT} WHERE v.user_id = $1 ORDER BY r.id"),
+                concat!(room_select!(), " WHERE v.user_id = $1 ORDER BY r.id"),
                 &[&user_id.0],
             )
             .await)?;
@@ -1092,7 +1096,10 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = db(client
             .query_cached(
-                &format!("{ROOM_SELECT} WHERE r.kind = 'public' ORDER BY lower(r.name)"),
+                concat!(
+                    room_select!(),
+                    " WHERE r.kind = 'public' ORDER BY lower(r.name)"
+                ),
                 &[&viewer.0],
             )
             .await)?;
@@ -1218,7 +1225,7 @@ impl Store for PostgresStore {
             .client()
             .await?
             .query_opt_cached(
-                &format!("{MESSAGE_SELECT} WHERE m.id = $1 AND m.room_id = $2"),
+                concat!(message_select!(), " WHERE m.id = $1 AND m.room_id = $2"),
                 &[&message_id.0, &room_id.0],
             )
             .await)?;
@@ -1237,7 +1244,8 @@ impl Store for PostgresStore {
             HistoryPage::After(seq) => ("AND m.seq > $3", "ASC", seq.0 as i64),
         };
         let sql = format!(
-            "{MESSAGE_SELECT} WHERE m.room_id = $1 {filter} ORDER BY m.seq {order} LIMIT $2"
+            "{} WHERE m.room_id = $1 {filter} ORDER BY m.seq {order} LIMIT $2",
+            message_select!()
         );
         let fetch = limit as i64 + 1;
         let client = self.client().await?;
@@ -1268,8 +1276,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = db(client
             .query_cached(
-                &format!(
-                    "{EVENT_SELECT} WHERE e.room_id = $1 AND e.seq > $2 AND e.seq <= $3
+                concat!(
+                    event_select!(),
+                    " WHERE e.room_id = $1 AND e.seq > $2 AND e.seq <= $3
                      ORDER BY e.seq LIMIT $4"
                 ),
                 &[&room_id.0, &(after.0 as i64), &until, &(limit as i64)],
