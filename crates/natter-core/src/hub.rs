@@ -42,8 +42,6 @@ struct State {
     sessions: HashMap<SessionKey, Entry>,
     by_room: HashMap<RoomId, HashSet<SessionKey>>,
     by_user: HashMap<UserId, HashSet<SessionKey>>,
-    /// Token revocations delivered so far ([`Hub::revocations`]).
-    revocations: u64,
 }
 
 impl State {
@@ -89,14 +87,6 @@ impl Hub {
         // A panic while holding the lock leaves maps that are still consistent (each operation
         // is a handful of inserts/removes), so recover rather than poison every connection.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// How many token revocations this hub has been handed, from this node or another. A
-    /// revocation closes the sessions registered with its token when it arrives; a session
-    /// whose token was checked before then and registered after would be missed, so a session
-    /// start compares this count across its token check (`session::Credentials`).
-    pub fn revocations(&self) -> u64 {
-        self.lock().revocations
     }
 
     pub fn register(&self, user_id: UserId, token: TokenId, outbox: Arc<Outbox>) -> SessionKey {
@@ -177,9 +167,6 @@ impl Hub {
             Envelope::Room(record) => self.deliver_event(&record),
             Envelope::User { user_id, notice } => {
                 let mut state = self.lock();
-                if matches!(notice, UserNotice::TokenRevoked { .. }) {
-                    state.revocations += 1;
-                }
                 let keys: Vec<SessionKey> = state
                     .by_user
                     .get(&user_id)
@@ -436,7 +423,6 @@ mod tests {
         let other_device = Arc::new(Outbox::new(8));
         hub.register(UserId(1), TokenId([1; 32]), revoked.clone());
         hub.register(UserId(1), TokenId([2; 32]), other_device.clone());
-        assert_eq!(hub.revocations(), 0);
         hub.deliver(Envelope::User {
             user_id: UserId(1),
             notice: UserNotice::TokenRevoked {
@@ -446,13 +432,5 @@ mod tests {
         let mut items = Vec::new();
         assert_eq!(revoked.try_take(&mut items), Err(CloseCode::Revoked));
         assert_eq!(other_device.try_take(&mut items), Ok(()));
-        // Counted even when no session here holds the token: a start may be checking it.
-        hub.deliver(Envelope::User {
-            user_id: UserId(2),
-            notice: UserNotice::TokenRevoked {
-                token: TokenId([3; 32]),
-            },
-        });
-        assert_eq!(hub.revocations(), 2);
     }
 }

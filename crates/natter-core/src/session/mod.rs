@@ -9,9 +9,8 @@
 //!
 //! The session subscribes to its rooms in the hub *before* it reads the room snapshot and the
 //! missed events, so an event committed in between arrives twice at worst, and the stream drops
-//! the second copy by its sequence. In the same way it registers before it trusts its token
-//! check: a revocation that reached the hub in between sends it back to the store
-//! ([`Credentials`]).
+//! the second copy by its sequence. In the same way it checks its token once more after it
+//! has registered, so that a logout either finds the session or is seen by that check.
 
 pub mod outbox;
 pub mod stream;
@@ -113,30 +112,18 @@ async fn welcome_presence(app: &App, user_id: UserId) -> Result<Vec<PresenceInfo
         .collect())
 }
 
-/// A token the store vouched for, and what a session needs to know to trust that answer
-/// once the session is registered.
-///
-/// A revocation closes the sessions the hub holds with its token. One that arrives after the
-/// store was asked and before the session is registered finds no session to close, so
-/// [`Session::start`] asks the store again, but only if the hub's revocation count moved in
-/// between: usually none did, and the start costs one store read less.
+/// A token the store vouched for: whose it is, and its hash, under which the hub files the
+/// session so that a logout can find it.
 pub struct Credentials {
     pub user: UserRecord,
     pub token: TokenId,
-    /// [`Hub::revocations`](crate::hub::Hub::revocations) before the store was asked.
-    revocations: u64,
 }
 
 impl Credentials {
     /// The account behind `token` if the token is valid now.
     pub async fn check(app: &App, token: TokenId) -> Result<Option<Credentials>, StoreError> {
-        let revocations = app.hub.revocations();
         let user = app.store.user_by_token(token, crate::now_ms()).await?;
-        Ok(user.map(|user| Credentials {
-            user,
-            token,
-            revocations,
-        }))
+        Ok(user.map(|user| Credentials { user, token }))
     }
 }
 
@@ -164,22 +151,19 @@ impl Session {
         greeting: Greeting,
         resume: BTreeMap<RoomId, RoomSeq>,
     ) -> Result<(Session, SessionStream), ServiceError> {
-        let Credentials {
-            user,
-            token,
-            revocations,
-        } = credentials;
+        let Credentials { user, token } = credentials;
         let outbox = Arc::new(Outbox::new(app.limits.outbox_capacity));
         let key = app.hub.register(user.info.id, token, outbox.clone());
-        if app.hub.revocations() != revocations {
-            let still_valid = app.store.user_by_token(token, crate::now_ms()).await;
-            if !matches!(still_valid, Ok(Some(_))) {
-                app.hub.unregister(key);
-                return Err(match still_valid {
-                    Err(error) => error.into(),
-                    Ok(_) => ServiceError::new(ErrorCode::AuthFailed, "this token was revoked"),
-                });
-            }
+        // A logout between the token check and the registration found no session to close,
+        // and its notice may come from another node through a broker that can drop it: ask
+        // the store again now that a later logout will find this session.
+        let still_valid = app.store.user_by_token(token, crate::now_ms()).await;
+        if !matches!(still_valid, Ok(Some(_))) {
+            app.hub.unregister(key);
+            return Err(match still_valid {
+                Err(error) => error.into(),
+                Ok(_) => ServiceError::new(ErrorCode::AuthFailed, "this token was revoked"),
+            });
         }
         let memberships = match app.store.rooms_of(user.info.id).await {
             Ok(memberships) => memberships,

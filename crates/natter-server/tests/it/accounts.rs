@@ -278,6 +278,23 @@ mod revoked_while_starting {
         );
     }
 
+    /// On several nodes the logout's notice comes through the broker, which may drop it.
+    #[tokio::test]
+    async fn a_token_revoked_meanwhile_is_refused_even_if_the_notice_never_arrives() {
+        let token = TokenId([1; 32]);
+        let (_dir, app, _ana) = app_with_token(token).await;
+        let checked = Credentials::check(&app, token)
+            .await
+            .unwrap()
+            .expect("valid");
+        assert!(app.store.revoke_token(token).await.unwrap());
+        assert_eq!(
+            start(&app, checked).await.err(),
+            Some(ErrorCode::AuthFailed)
+        );
+        assert_eq!(app.hub.session_count(), 0);
+    }
+
     #[tokio::test]
     async fn another_tokens_revocation_meanwhile_does_not_refuse_the_start() {
         let (mine, other) = (TokenId([1; 32]), TokenId([2; 32]));
