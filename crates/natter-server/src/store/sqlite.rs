@@ -161,24 +161,28 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || run_writer(conn, queue))
             .map_err(unavailable)?;
-        let readers = Arc::new(Readers::default());
-        let mut reader_threads = Vec::with_capacity(READERS);
+        let store = SqliteStore {
+            jobs: Mutex::new(Some(jobs)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(Readers::default()),
+            reader_threads: Mutex::new(Vec::with_capacity(READERS)),
+            listener: Listener::default(),
+        };
+        // Should one reader fail to start, dropping `store` stops the writer and those started.
         for n in 0..READERS {
             let conn = open_connection(path).map_err(unavailable)?;
-            let queue = readers.clone();
+            let queue = store.readers.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sqlite-reader-{n}"))
                 .spawn(move || queue.serve(conn))
                 .map_err(unavailable)?;
-            reader_threads.push(thread);
+            store
+                .reader_threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(thread);
         }
-        Ok(SqliteStore {
-            jobs: Mutex::new(Some(jobs)),
-            writer: Mutex::new(Some(writer)),
-            readers,
-            reader_threads: Mutex::new(reader_threads),
-            listener: Listener::default(),
-        })
+        Ok(store)
     }
 
     /// Lets the writer finish every queued job, then stops it and the readers (after the reads
@@ -270,6 +274,9 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (reply, result) = oneshot::channel();
         self.readers.submit(Box::new(move |conn| {
+            if reply.is_closed() {
+                return; // its caller has gone (a client that hung up mid-handshake)
+            }
             let _ = reply.send(match conn {
                 Some(conn) => f(conn),
                 None => Err(StoreError::Unavailable("the store is closed".into())),
@@ -336,9 +343,11 @@ impl Readers {
                     queue.idle -= 1;
                 }
             };
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn))));
-            if ran.is_err() && !conn.is_autocommit() {
-                // A read that panicked inside its transaction must not leave it open.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn))));
+            if !conn.is_autocommit() {
+                // A read that panicked or failed inside its transaction must not leave it open:
+                // the connection would answer from that old snapshot ever after, and hold back
+                // checkpoints.
                 let _ = conn.execute_batch("ROLLBACK");
             }
         }
@@ -1445,34 +1454,68 @@ mod reader_tests {
 
     #[tokio::test]
     async fn reads_queued_when_the_store_shuts_are_answered_and_later_ones_refused() {
+        use std::future::Future;
+        use std::task::{Context, Poll};
         let dir = tempfile::tempdir().expect("temp dir");
         let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("r.db")).expect("open"));
-        // More reads than readers, so that some wait in the queue when it closes.
-        let reads: Vec<_> = (0..64)
+        // More reads than readers, so that some wait in the queue when it closes. A read is
+        // queued when first polled: poll each once by hand before shutting.
+        let mut reads: Vec<_> = (0..64_i64)
             .map(|n| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    store
-                        .read(move |conn| {
-                            db(conn.query_row("SELECT ?1", [n], |row| row.get::<_, i64>(0)))
-                        })
-                        .await
-                })
+                Box::pin(store.read(move |conn| {
+                    db(conn.query_row("SELECT ?1", [n], |row| row.get::<_, i64>(0)))
+                }))
             })
             .collect();
-        // The test runtime has one thread: every spawned read is queued before this goes on.
-        tokio::task::yield_now().await;
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut early = Vec::new();
+        for read in &mut reads {
+            early.push(match read.as_mut().poll(&mut cx) {
+                Poll::Ready(answer) => Some(answer),
+                Poll::Pending => None,
+            });
+        }
         let closing = store.clone();
         tokio::task::spawn_blocking(move || closing.shut())
             .await
             .expect("shut");
-        for (n, read) in reads.into_iter().enumerate() {
-            assert_eq!(read.await.expect("task").expect("answered"), n as i64);
+        for (n, (read, early)) in reads.into_iter().zip(early).enumerate() {
+            let answer = match early {
+                Some(answer) => answer,
+                None => read.await,
+            };
+            assert_eq!(answer.expect("answered"), n as i64);
         }
         assert!(matches!(
             store.health().await,
             Err(StoreError::Unavailable(_))
         ));
+    }
+
+    /// A read that leaves its transaction open must not leave its reader on that snapshot.
+    #[tokio::test]
+    async fn a_read_that_leaves_its_transaction_open_does_not_pin_its_reader_to_a_snapshot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("r.db")).expect("open");
+        let count_users = |conn: &rusqlite::Connection| {
+            db(conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get::<_, i64>(0)))
+        };
+        for _ in 0..16 {
+            let left_open = store
+                .read(move |conn| {
+                    db(conn.execute_batch("BEGIN"))?;
+                    count_users(conn)
+                })
+                .await;
+            assert_eq!(left_open.expect("read"), 0);
+        }
+        store
+            .create_user("ana", "Ana", "hash", false)
+            .await
+            .expect("write");
+        for _ in 0..16 {
+            assert_eq!(store.read(count_users).await.expect("read"), 1);
+        }
     }
 }
 
