@@ -154,22 +154,23 @@ impl Session {
         let Credentials { user, token } = credentials;
         let outbox = Arc::new(Outbox::new(app.limits.outbox_capacity));
         let key = app.hub.register(user.info.id, token, outbox.clone());
-        // A logout between the token check and the registration found no session to close,
-        // and its notice may come from another node through a broker that can drop it: ask
-        // the store again now that a later logout will find this session.
-        let still_valid = app.store.user_by_token(token, crate::now_ms()).await;
-        if !matches!(still_valid, Ok(Some(_))) {
-            app.hub.unregister(key);
-            return Err(match still_valid {
-                Err(error) => error.into(),
-                Ok(_) => ServiceError::new(ErrorCode::AuthFailed, "this token was revoked"),
-            });
-        }
-        let memberships = match app.store.rooms_of(user.info.id).await {
+        let snapshot = async {
+            // A logout between the token check and the registration found no session to
+            // close, and its notice may come from another node through a broker that can drop
+            // it: ask the store again now that a later logout will find this session.
+            if Credentials::check(&app, token).await?.is_none() {
+                return Err(ServiceError::new(
+                    ErrorCode::AuthFailed,
+                    "this token was revoked",
+                ));
+            }
+            Ok(app.store.rooms_of(user.info.id).await?)
+        };
+        let memberships = match snapshot.await {
             Ok(memberships) => memberships,
             Err(error) => {
                 app.hub.unregister(key);
-                return Err(error.into());
+                return Err(error);
             }
         };
         app.hub

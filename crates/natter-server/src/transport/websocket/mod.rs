@@ -244,7 +244,7 @@ async fn await_hello(
                 socket
                     .reply_by(deadline, reject(error.code, &error.message))
                     .await;
-                // Revoked while the session started (`session::Credentials`).
+                // Its token was revoked while the session started (`Session::start`).
                 let close = if error.code == ErrorCode::AuthFailed {
                     CloseCode::Revoked
                 } else {
