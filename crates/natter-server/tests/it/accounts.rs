@@ -250,6 +250,22 @@ mod revoked_while_starting {
         app.publish(Envelope::User { user_id, notice }).await;
     }
 
+    async fn checked(app: &App, token: TokenId) -> Credentials {
+        let found = Credentials::check(app, token).await.unwrap();
+        found.expect("a valid token")
+    }
+
+    /// The start is refused as a revoked login, and leaves nothing in the hub.
+    async fn assert_refused(app: &App, credentials: Credentials) {
+        let refused = start(app, credentials).await.err();
+        assert_eq!(refused, Some(ErrorCode::AuthFailed));
+        assert_eq!(
+            app.hub.session_count(),
+            0,
+            "the refused session left the hub"
+        );
+    }
+
     async fn start(app: &App, credentials: Credentials) -> Result<Session, ErrorCode> {
         let greeting = Greeting::Welcome(RequestId(1));
         Session::start(app.clone(), credentials, greeting, BTreeMap::new())
@@ -262,20 +278,9 @@ mod revoked_while_starting {
     async fn a_token_revoked_between_its_check_and_the_session_start_is_refused() {
         let token = TokenId([1; 32]);
         let (_dir, app, ana) = app_with_token(token).await;
-        let checked = Credentials::check(&app, token)
-            .await
-            .unwrap()
-            .expect("valid");
+        let credentials = checked(&app, token).await;
         logout(&app, ana, token).await;
-        assert_eq!(
-            start(&app, checked).await.err(),
-            Some(ErrorCode::AuthFailed)
-        );
-        assert_eq!(
-            app.hub.session_count(),
-            0,
-            "the refused session left the hub"
-        );
+        assert_refused(&app, credentials).await;
     }
 
     /// On several nodes the logout's notice comes through the broker, which may drop it.
@@ -283,16 +288,9 @@ mod revoked_while_starting {
     async fn a_token_revoked_meanwhile_is_refused_even_if_the_notice_never_arrives() {
         let token = TokenId([1; 32]);
         let (_dir, app, _ana) = app_with_token(token).await;
-        let checked = Credentials::check(&app, token)
-            .await
-            .unwrap()
-            .expect("valid");
+        let credentials = checked(&app, token).await;
         assert!(app.store.revoke_token(token).await.unwrap());
-        assert_eq!(
-            start(&app, checked).await.err(),
-            Some(ErrorCode::AuthFailed)
-        );
-        assert_eq!(app.hub.session_count(), 0);
+        assert_refused(&app, credentials).await;
     }
 
     #[tokio::test]
@@ -301,12 +299,9 @@ mod revoked_while_starting {
         let (_dir, app, ana) = app_with_token(mine).await;
         let expires = natter_core::now_ms() + 3_600_000;
         app.store.insert_token(other, ana, expires).await.unwrap();
-        let checked = Credentials::check(&app, mine)
-            .await
-            .unwrap()
-            .expect("valid");
+        let credentials = checked(&app, mine).await;
         logout(&app, ana, other).await;
-        let session = start(&app, checked).await.expect("still valid");
+        let session = start(&app, credentials).await.expect("still valid");
         assert_eq!(app.hub.session_count(), 1);
         drop(session);
     }
