@@ -1176,10 +1176,10 @@ impl Store for SqliteStore {
 
     async fn rooms_of(&self, user_id: UserId) -> Result<Vec<Membership>, StoreError> {
         self.read(move |conn| {
-            // One read transaction: every last_seq comes from the same snapshot.
-            let run = |sql: &str| conn.execute_cached(sql, []);
-            db(run("BEGIN"))?;
-            let memberships = conn
+            // One read transaction: every last_seq comes from the same snapshot. Should the
+            // query fail, the reader ends the transaction (`Readers::serve`).
+            db(conn.execute_cached("BEGIN", []))?;
+            let memberships = db(conn
                 .prepare_cached(concat!(
                     room_select!(),
                     " WHERE v.user_id = ?1 ORDER BY r.id"
@@ -1192,15 +1192,9 @@ impl Store for SqliteStore {
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
-                });
-            // A pooled connection must not go back with its transaction open.
-            let ended = run(if memberships.is_ok() {
-                "COMMIT"
-            } else {
-                "ROLLBACK"
-            });
-            db(ended)?;
-            db(memberships)
+                }))?;
+            db(conn.execute_cached("COMMIT", []))?;
+            Ok(memberships)
         })
         .await
     }
