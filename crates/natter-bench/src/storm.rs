@@ -292,8 +292,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Server CPU over the storm (to the 100 ms tick after the last resume): steadier than the
-    // wall time on a shared machine, so it is what to compare when changing the start path.
+    // Server CPU over the storm, to the 100 ms tick after the last resume. On one saturated
+    // core it tracks the storm's length; with cores to spare it is what the starts cost.
     let storm_cpu_s = cpu_before
         .zip(server_cpu())
         .map(|(before, after)| after.saturating_sub(before).as_secs_f64());
