@@ -343,12 +343,18 @@ impl Readers {
                     queue.idle -= 1;
                 }
             };
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn))));
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn))));
+            if ran.is_err() {
+                // Its caller hears "a reader stopped"; the reader and its connection go on.
+                tracing::error!("a read panicked");
+            }
             if !conn.is_autocommit() {
                 // A read that panicked or failed inside its transaction must not leave it open:
                 // the connection would answer from that old snapshot ever after, and hold back
                 // checkpoints.
-                let _ = conn.execute_batch("ROLLBACK");
+                if let Err(error) = conn.execute_batch("ROLLBACK") {
+                    tracing::error!(%error, "a reader could not end a read transaction");
+                }
             }
         }
     }
