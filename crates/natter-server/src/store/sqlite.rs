@@ -174,7 +174,14 @@ impl SqliteStore {
             let queue = store.readers.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sqlite-reader-{n}"))
-                .spawn(move || queue.serve(conn))
+                .spawn(move || {
+                    if let Err(error) = run_without_wakeup_preemption()
+                        && n == 0
+                    {
+                        tracing::warn!(%error, "SQLite readers keep their scheduling policy");
+                    }
+                    queue.serve(conn)
+                })
                 .map_err(unavailable)?;
             store
                 .reader_threads
@@ -297,10 +304,11 @@ type ReadJob = Box<dyn FnOnce(Option<&Connection>) + Send>;
 /// while holding the pool's lock, and the two threads took turns on that lock, several context
 /// switches per read. A reconnect storm makes four reads per session start (docs/benchmarks.md).
 ///
-/// Context switches are what a burst of reads costs, so the queue wakes as few readers as it
+/// A burst of reads should cost few context switches, so the queue wakes as few readers as it
 /// can: one reader at a time is on its way to the queue, and a reader that takes a job while
-/// others wait behind it wakes the next (so reads spread over the cores there are). And readers
-/// do not preempt the thread that queued the work ([`run_without_wakeup_preemption`]).
+/// others wait behind it wakes the next (so a burst spreads over as many readers as it has
+/// reads, and over the cores there are). And a woken reader does not preempt the thread that
+/// queued the work ([`run_without_wakeup_preemption`]).
 #[derive(Default)]
 struct Readers {
     queue: Mutex<ReadQueue>,
@@ -312,19 +320,18 @@ struct ReadQueue {
     jobs: std::collections::VecDeque<ReadJob>,
     /// Readers waiting for a job.
     idle: usize,
-    /// Readers woken that have not yet looked at the queue: while one is on its way, a new job
-    /// wakes no other.
-    waking: usize,
+    /// A reader was woken and has not yet looked at the queue: until one has, a new job wakes
+    /// no other. Any reader back from waiting clears it (a spurious wake-up too: it looks at the
+    /// queue all the same).
+    wake_pending: bool,
     closed: bool,
 }
 
 impl ReadQueue {
     /// Whether to wake a reader for the jobs queued (counted as woken if so).
     fn wake_one(&mut self) -> bool {
-        let wake = self.waking == 0 && self.idle > 0;
-        if wake {
-            self.waking += 1;
-        }
+        let wake = !self.wake_pending && self.idle > 0;
+        self.wake_pending |= wake;
         wake
     }
 }
@@ -347,7 +354,6 @@ impl Readers {
 
     /// Runs queued reads on `conn` until the store closes and the queue is empty.
     fn serve(&self, conn: Connection) {
-        run_without_wakeup_preemption();
         loop {
             let (job, wake) = {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -362,7 +368,7 @@ impl Readers {
                     queue.idle += 1;
                     queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
                     queue.idle -= 1;
-                    queue.waking = queue.waking.saturating_sub(1);
+                    queue.wake_pending = false;
                 }
             };
             if wake {
@@ -401,17 +407,23 @@ impl Drop for SqliteStore {
 /// preempt it at once, answer that one read, and hand the core back: two context switches a read.
 /// Now the runtime goes on serving sockets and queuing reads, and a reader answers them in a run.
 /// When the runtime is idle, a reader runs at once as before. A 15,000-client storm on one core:
-/// 287,000 context switches before, 29,000 after (docs/benchmarks.md).
-fn run_without_wakeup_preemption() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: changes only the calling thread's policy; `param` outlives the call.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
-            let error = std::io::Error::last_os_error();
-            tracing::debug!(%error, "a reader keeps the default scheduling policy");
+/// 287,000 context switches before, 90,000 with this alone, 21,000 with the queue's single
+/// pending wake-up as well (docs/benchmarks.md).
+///
+/// A thread the operator started under another policy (`chrt`) keeps it. Without the call
+/// (another libc, a sandbox that refuses it) reads are answered all the same, only dearer.
+fn run_without_wakeup_preemption() -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: reads and changes only the calling thread's policy; `param` outlives the call.
+    unsafe {
+        if libc::sched_getscheduler(0) == libc::SCHED_OTHER {
+            let param = libc::sched_param { sched_priority: 0 };
+            if libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
     }
+    Ok(())
 }
 
 fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
