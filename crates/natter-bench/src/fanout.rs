@@ -74,6 +74,11 @@ pub struct MaxArgs {
     /// Steps at most.
     #[arg(long, default_value_t = 12)]
     max_steps: usize,
+    /// Once a step fails, this many more between the last rate that passed and the one that
+    /// failed (each at their geometric mean), so that the answer is not coarser than the steps
+    /// by up to `step` ×.
+    #[arg(long, default_value_t = 3)]
+    refine: usize,
 }
 
 pub async fn idle(args: IdleArgs) -> Result<(), Error> {
@@ -433,21 +438,38 @@ pub async fn fanout(args: FanoutArgs) -> Result<(), Error> {
 
 pub async fn max(args: MaxArgs) -> Result<(), Error> {
     let mut run = Fanout::setup(&args.fanout).await?;
-    let mut rate = args.fanout.rate;
     let mut best: Option<Step> = None;
     let mut steps = Vec::new();
+    let passes = |step: &Step| step.latency_ms[1] <= args.p99_ms && step.lost() == 0;
+    let mut rate = args.fanout.rate;
+    let mut failed_at = None;
     for _ in 0..args.max_steps {
         let step = run.step(rate, args.fanout.seconds).await?;
         step.print();
         steps.push(step.json(&run));
-        let passed = step.latency_ms[1] <= args.p99_ms && step.lost() == 0;
-        if !passed {
+        // Let queues settle between steps.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !passes(&step) {
+            failed_at = Some(rate);
             break;
         }
         best = Some(step);
         rate *= args.step;
-        // Let queues settle between steps.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if let (Some(mut failed), Some(mut passed)) = (failed_at, best.as_ref().map(|b| b.rate)) {
+        for _ in 0..args.refine {
+            let rate = (passed * failed).sqrt();
+            let step = run.step(rate, args.fanout.seconds).await?;
+            step.print();
+            steps.push(step.json(&run));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if passes(&step) {
+                passed = rate;
+                best = Some(step);
+            } else {
+                failed = rate;
+            }
+        }
     }
     match &best {
         Some(best) => println!(

@@ -8,7 +8,8 @@
 //! - `idle`: many connections held; the server's memory per connection.
 //! - `fanout`: rooms of many members and a fixed send rate; deliveries per second, latency
 //!   percentiles, server CPU per delivery, and messages lost.
-//! - `max`: the fan-out at rising rates; the highest that keeps p99 under a bound.
+//! - `max`: the fan-out at rising rates; the highest that keeps p99 under a bound, narrowed down
+//!   between the last rate that passed and the first that failed.
 //! - `durable`: acknowledged (fsync'd) sends per second and acknowledgement latency.
 //! - `storm`: every client dropped at once; time until all have resumed, and messages lost.
 //!
