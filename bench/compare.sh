@@ -14,6 +14,12 @@ out="${1:-bench/results/$(date +%F).jsonl}"
 sio_dir="${SOCKETIO_DIR:-../shared/bench/socketio}"
 pg_admin="${NATTER_BENCH_PG_ADMIN:-postgres://root@127.0.0.1:5432/test}"
 pg_url="${NATTER_BENCH_PG:-postgres://root@127.0.0.1:5432/natter_bench}"
+for port in 18094 3100 3200; do  # a server left there would be measured in place of ours
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "compare.sh: something already listens on 127.0.0.1:$port; stop it first" >&2
+        exit 1
+    fi
+done
 cargo build --release --locked -p natter-server -p natter-bench
 [ -d "$sio_dir/node_modules" ] || (cd "$sio_dir" && npm ci)
 ulimit -n 20000
