@@ -36,6 +36,7 @@ start_natter() { # [extra serve args]
         --config bench/natter.toml --log warn "$@" &
     pid=$!
     wait_for http://127.0.0.1:18094/healthz
+    kill -0 "$pid"  # it answers, and it is ours
     url=http://127.0.0.1:18094
 }
 start_limit() {
@@ -43,6 +44,7 @@ start_limit() {
     taskset -c 0 target/release/natter-bench limit-server --listen 127.0.0.1:3200 2>/dev/null &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/3200) 2>/dev/null && break; sleep 0.1; done
+    kill -0 "$pid"  # it answers, and it is ours
     url=http://127.0.0.1:3200
 }
 start_socketio() {
@@ -50,6 +52,7 @@ start_socketio() {
     taskset -c 0 node "$sio_dir/server.js" --port 3100 >/dev/null &
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/3100) 2>/dev/null && break; sleep 0.1; done
+    kill -0 "$pid"  # it answers, and it is ours
     url=http://127.0.0.1:3100
 }
 run() { # scenario args…

@@ -76,7 +76,8 @@ pub struct MaxArgs {
     max_steps: usize,
     /// Once a step fails, this many more between the last rate that passed and the one that
     /// failed (each at their geometric mean), so that the answer is not coarser than the steps
-    /// by up to `step` ×.
+    /// by up to `step` ×. Each is a single run; the JSON keeps the ladder's own answer
+    /// (`ladder_max_deliveries_per_s`) beside it and marks these steps `"refined"`.
     #[arg(long, default_value_t = 3)]
     refine: usize,
 }
@@ -456,12 +457,17 @@ pub async fn max(args: MaxArgs) -> Result<(), Error> {
         best = Some(step);
         rate *= args.step;
     }
+    // The ladder's answer: every rate below it passed too. A narrowed-down pass is one run at
+    // one rate, and p99 near the bound is noisy, so both are reported.
+    let ladder_max = best.as_ref().map(|b| b.deliveries_per_s);
     if let (Some(mut failed), Some(mut passed)) = (failed_at, best.as_ref().map(|b| b.rate)) {
         for _ in 0..args.refine {
             let rate = (passed * failed).sqrt();
             let step = run.step(rate, args.fanout.seconds).await?;
             step.print();
-            steps.push(step.json(&run));
+            let mut json = step.json(&run);
+            json["refined"] = true.into();
+            steps.push(json);
             tokio::time::sleep(Duration::from_secs(1)).await;
             if passes(&step) {
                 passed = rate;
@@ -490,6 +496,9 @@ pub async fn max(args: MaxArgs) -> Result<(), Error> {
             "server": format!("{:?}", run.target.kind).to_lowercase(),
             "p99_bound_ms": args.p99_ms,
             "max_deliveries_per_s": best.as_ref().map(|b| b.deliveries_per_s),
+            "ladder_max_deliveries_per_s": ladder_max,
+            "step": args.step,
+            "refine": args.refine,
             "steps": steps,
         })
     );
