@@ -534,10 +534,11 @@ fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Res
     let kind: String = row.get(3)?;
     let message_id: Option<i64> = row.get(4)?;
     let message = match message_id.filter(|_| EventColumns::needs_message(&kind)) {
-        Some(id) => Some(
-            conn.prepare_cached(concat!(message_select!(), " WHERE m.id = ?1"))?
-                .query_row([id], message_row)?,
-        ),
+        Some(id) => Some(conn.query_row_cached(
+            concat!(message_select!(), " WHERE m.id = ?1"),
+            [id],
+            message_row,
+        )?),
         None => None,
     };
     let columns = EventColumns {
@@ -560,13 +561,11 @@ fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Res
 /// Statements run for every write go through the connection's statement cache: parsing SQL
 /// would otherwise cost as much as running it.
 fn load_event(conn: &Connection, room_id: RoomId, seq: RoomSeq) -> rusqlite::Result<EventRecord> {
-    conn.prepare_cached(concat!(
-        event_select!(),
-        " WHERE e.room_id = ?1 AND e.seq = ?2"
-    ))?
-    .query_row(params![room_id.0, seq.0], |row| {
-        event_row(conn, room_id, row)
-    })
+    conn.query_row_cached(
+        concat!(event_select!(), " WHERE e.room_id = ?1 AND e.seq = ?2"),
+        params![room_id.0, seq.0],
+        |row| event_row(conn, room_id, row),
+    )
 }
 
 fn room_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<RoomInfo> {
@@ -625,10 +624,13 @@ macro_rules! room_select {
 }
 
 fn role_of(conn: &Connection, room_id: RoomId, user_id: UserId) -> rusqlite::Result<Option<Role>> {
-    conn.prepare_cached("SELECT role FROM members WHERE room_id = ?1 AND user_id = ?2")?
-        .query_row(params![room_id.0, user_id.0], |row| row.get::<_, String>(0))
-        .optional()
-        .map(|role| role.map(|r| parse_role(&r)))
+    conn.query_row_cached(
+        "SELECT role FROM members WHERE room_id = ?1 AND user_id = ?2",
+        params![room_id.0, user_id.0],
+        |row| row.get::<_, String>(0),
+    )
+    .optional()
+    .map(|role| role.map(|r| parse_role(&r)))
 }
 
 // --- writes (run on the writer thread, each job as its `Isolation` says) ---
@@ -642,8 +644,12 @@ fn db<T>(result: rusqlite::Result<T>) -> Result<T, StoreError> {
 /// number back; a send without one takes its whole group back with it (`Isolation::ChecksFirst`).
 fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
     let seq: Option<u64> = db(conn
-        .prepare_cached("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")
-        .and_then(|mut stmt| stmt.query_row([room_id.0], |row| row.get(0)).optional()))?;
+        .query_row_cached(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+            [room_id.0],
+            |row| row.get(0),
+        )
+        .optional())?;
     seq.map(RoomSeq).ok_or(StoreError::NotFound("room"))
 }
 
@@ -677,23 +683,20 @@ fn insert_event_row(
     now: i64,
     row: EventRow<'_>,
 ) -> Result<(), StoreError> {
-    db(conn
-        .prepare_cached(
-            "INSERT INTO room_events (room_id, seq, at, actor_id, kind, message_id, subject_id, role)
+    db(conn.execute_cached(
+        "INSERT INTO room_events (room_id, seq, at, actor_id, kind, message_id, subject_id, role)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                room_id.0,
-                seq.0,
-                now,
-                actor.0,
-                row.kind,
-                row.message_id.map(|m| m.0),
-                row.subject.map(|s| s.0),
-                row.role.map(role_str),
-            ])
-        }))?;
+        params![
+            room_id.0,
+            seq.0,
+            now,
+            actor.0,
+            row.kind,
+            row.message_id.map(|m| m.0),
+            row.subject.map(|s| s.0),
+            row.role.map(role_str),
+        ],
+    ))?;
     Ok(())
 }
 
@@ -714,18 +717,21 @@ fn live_message(
     message_id: MessageId,
 ) -> Result<(), StoreError> {
     let found: Option<i64> = db(conn
-        .prepare_cached("SELECT id FROM messages WHERE id = ?1 AND room_id = ?2 AND deleted = 0")
-        .and_then(|mut stmt| {
-            stmt.query_row(params![message_id.0, room_id.0], |row| row.get(0))
-                .optional()
-        }))?;
+        .query_row_cached(
+            "SELECT id FROM messages WHERE id = ?1 AND room_id = ?2 AND deleted = 0",
+            params![message_id.0, room_id.0],
+            |row| row.get(0),
+        )
+        .optional())?;
     found.map(|_| ()).ok_or(StoreError::NotFound("message"))
 }
 
 fn require_room(conn: &Connection, room_id: RoomId) -> Result<(), StoreError> {
     let found: Option<i64> = db(conn
-        .prepare_cached("SELECT id FROM rooms WHERE id = ?1")
-        .and_then(|mut stmt| stmt.query_row([room_id.0], |row| row.get(0)).optional()))?;
+        .query_row_cached("SELECT id FROM rooms WHERE id = ?1", [room_id.0], |row| {
+            row.get(0)
+        })
+        .optional())?;
     found.map(|_| ()).ok_or(StoreError::NotFound("room"))
 }
 
@@ -837,14 +843,11 @@ fn apply_change(
                 return Err(StoreError::Forbidden("you are not a member of this room"));
             }
             let seq = next_seq(conn, room_id)?;
-            db(conn
-                .prepare_cached(
-                    "INSERT INTO messages (room_id, seq, author_id, client_msg_id, body, created_at)
+            db(conn.execute_cached(
+                "INSERT INTO messages (room_id, seq, author_id, client_msg_id, body, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![room_id.0, seq.0, actor.0, client_msg_id.0, body, now])
-                }))?;
+                params![room_id.0, seq.0, actor.0, client_msg_id.0, body, now],
+            ))?;
             let message_id = MessageId(conn.last_insert_rowid());
             if !mentions.is_empty() {
                 let mut mention = db(conn.prepare_cached(
