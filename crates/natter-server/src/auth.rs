@@ -265,10 +265,7 @@ pub async fn logout(
 ) -> Result<Response, ApiError> {
     let token = request_token(&headers)
         .ok_or_else(|| ApiError::new(ErrorCode::NotAuthenticated, "no token given"))?;
-    let Some(Credentials {
-        user, token: id, ..
-    }) = authenticate(&state, &token).await?
-    else {
+    let Some(Credentials { user, token: id }) = authenticate(&state, &token).await? else {
         return Err(ApiError::new(
             ErrorCode::AuthFailed,
             "unknown or expired token",

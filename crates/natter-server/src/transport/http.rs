@@ -189,7 +189,7 @@ async fn authenticate(
 ///   (a failed request is an `error` frame, as on the WebSocket).
 /// - 401 with an `auth_failed` error frame when the token is missing or refused.
 pub async fn rpc(State(state): State<ServerState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Credentials { user, token, .. } = match authenticate(&state, &headers, None).await {
+    let Credentials { user, token } = match authenticate(&state, &headers, None).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
     };
