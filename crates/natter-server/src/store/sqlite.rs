@@ -196,8 +196,11 @@ impl SqliteStore {
     /// already queued). Later reads and writes fail.
     pub fn shut(&self) {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(writer) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = writer.join();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer
+            && writer.join().is_err()
+        {
+            tracing::error!("the SQLite writer thread panicked");
         }
         self.readers.close();
         let threads = std::mem::take(
@@ -207,7 +210,9 @@ impl SqliteStore {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         for thread in threads {
-            let _ = thread.join();
+            if thread.join().is_err() {
+                tracing::error!("a SQLite reader thread panicked");
+            }
         }
     }
 
