@@ -97,6 +97,11 @@ start_natter --database-url "$pg_url"
 run durable --database postgres
 run durable --database postgres --in-flight 32
 for rate in 10000 15000; do  # 10,000/s: half the 20,000/s target; 15,000/s: half the maximum
+    # The closed-loop runs wrote hundreds of MB of WAL with no checkpoint since: without one,
+    # every 16 MB of the next run is a new, zero-filled WAL segment, and every commit waits for
+    # it (docs/benchmarks.md, "A fifth machine"). A server at a steady rate writes into segments
+    # its checkpoints recycled; so does the run after this.
+    psql "$pg_admin" -qc CHECKPOINT
     run durable --database postgres --in-flight 32 --rate "$rate" --seconds 8
 done
 stop_server
