@@ -144,7 +144,10 @@ impl Server {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, router)
+        // `into_make_service`: each connection then gets a clone of the router (a reference
+        // count). Given the router itself, axum 0.8 rebuilds every route for each connection
+        // (`Router::with_state`), a tenth of the CPU of a reconnect storm (docs/benchmarks.md).
+        axum::serve(listener, router.into_make_service())
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 tracing::info!("shutting down: closing sessions");
