@@ -123,6 +123,25 @@ impl PresenceTracker {
         });
     }
 
+    /// Publishes now every change still waiting out its coalescing window. The server calls
+    /// this at shutdown, once its sessions are gone, so that everyone who was online has their
+    /// last-seen time recorded before the store closes. The changes run concurrently, so a
+    /// store that groups commits records them together.
+    pub async fn flush(&self, app: &App) {
+        let pending: Vec<UserId> = self
+            .lock()
+            .iter()
+            .filter(|(_, state)| state.scheduled)
+            .map(|(user_id, _)| *user_id)
+            .collect();
+        let mut publishing = tokio::task::JoinSet::new();
+        for user_id in pending {
+            let (tracker, app) = (self.clone(), app.clone());
+            publishing.spawn(async move { tracker.publish_if_changed(&app, user_id).await });
+        }
+        while publishing.join_next().await.is_some() {}
+    }
+
     async fn publish_if_changed(&self, app: &App, user_id: UserId) {
         let local = {
             let mut users = self.lock();

@@ -161,6 +161,9 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Offline changes wait out the presence window in tasks of their own; the store must
+        // hear them (last-seen times) before it closes.
+        self.state.app.presence.flush(&self.state.app).await;
         let store = self.store;
         drop(self.state);
         tokio::task::spawn_blocking(move || store.close())

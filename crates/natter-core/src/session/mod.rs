@@ -479,12 +479,14 @@ async fn dispatch(
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.app.hub.unregister(self.key);
+        // Presence first: once the hub counts no sessions, a shutting-down server flushes the
+        // presence changes, and this one must be among them.
         self.app.presence.disconnected(
             &self.app,
             self.user.info.id,
             self.away.load(Ordering::Relaxed),
         );
+        self.app.hub.unregister(self.key);
     }
 }
 

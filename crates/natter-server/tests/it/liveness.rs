@@ -76,6 +76,43 @@ async fn the_welcome_tells_who_of_the_users_contacts_is_online() {
     );
 }
 
+/// A server that shuts down with users online records when each was last seen before its store
+/// closes, so their contacts learn it after the restart.
+#[tokio::test]
+async fn a_shutdown_records_when_everyone_online_was_last_seen() {
+    // A window longer than the server's wait for its sessions to end: the offline changes are
+    // still waiting it out when the store would close.
+    let mut server = TestServer::start_with(|s| s.limits.presence_coalesce_ms = 400).await;
+    let (ana_auth, ana) = server.connected("ana").await;
+    let (bo_auth, mut bo) = server.connected("bo").await;
+    shared_room(&ana, &mut bo).await;
+    // Online for longer than the window, so that going offline is a change to record.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.stop().await;
+    // Closed only now: closing them first would record their leaving while the server runs.
+    drop((ana, bo));
+    let server = server.start_again().await;
+    let mut raw = RawSocket::connect(&server.base_url).await;
+    let welcome = raw
+        .request(&format!(
+            r#"{{"id":1,"type":"hello","token":"{}"}}"#,
+            ana_auth.token
+        ))
+        .await;
+    let ServerFrame::Welcome { presence, .. } = welcome else {
+        panic!("{welcome:?}")
+    };
+    let bo_now = presence
+        .iter()
+        .find(|p| p.user_id == bo_auth.user.id)
+        .expect("bo shares a room with ana");
+    assert_eq!(bo_now.status, PresenceStatus::Offline);
+    assert!(
+        bo_now.last_seen.is_some_and(|at| at > 0),
+        "bo's last seen, recorded at the shutdown: {bo_now:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_user_with_two_devices_is_online_until_the_last_one_leaves() {
     let server = quick_presence_server().await;
