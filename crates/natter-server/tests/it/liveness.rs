@@ -3,8 +3,10 @@
 use crate::support::raw::{RawSocket, Received};
 use crate::support::*;
 use natter_client::protocol::frame::{Request, ServerFrame};
-use natter_client::protocol::{ErrorCode, PresenceStatus, RoomId, RoomSeq, UserId, Visibility};
-use natter_client::{Client, ClientEvent};
+use natter_client::protocol::{
+    ErrorCode, PresenceInfo, PresenceStatus, RoomId, RoomSeq, UserId, Visibility,
+};
+use natter_client::{Auth, Client, ClientEvent};
 use std::time::Duration;
 
 /// Presence changes are published after this window in these tests.
@@ -19,6 +21,21 @@ async fn shared_room(ana: &Client, bo: &mut Client) -> RoomId {
     join_and_follow(bo, room.id).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     room.id
+}
+
+/// The presence list of the `welcome` that `auth`'s `hello` gets, over a socket of its own.
+async fn welcome_presence(server: &TestServer, auth: &Auth) -> Vec<PresenceInfo> {
+    let mut raw = RawSocket::connect(&server.base_url).await;
+    let welcome = raw
+        .request(&format!(
+            r#"{{"id":1,"type":"hello","token":"{}"}}"#,
+            auth.token
+        ))
+        .await;
+    let ServerFrame::Welcome { presence, .. } = welcome else {
+        panic!("{welcome:?}")
+    };
+    presence
 }
 
 #[tokio::test]
@@ -55,16 +72,7 @@ async fn the_welcome_tells_who_of_the_users_contacts_is_online() {
     let (bo_auth, mut bo) = server.connected("bo").await;
     server.connected("eve").await;
     shared_room(&ana, &mut bo).await;
-    let mut raw = RawSocket::connect(&server.base_url).await;
-    let welcome = raw
-        .request(&format!(
-            r#"{{"id":1,"type":"hello","token":"{}"}}"#,
-            bo_auth.token
-        ))
-        .await;
-    let ServerFrame::Welcome { presence, .. } = welcome else {
-        panic!("{welcome:?}")
-    };
+    let presence = welcome_presence(&server, &bo_auth).await;
     assert_eq!(
         presence.len(),
         1,
@@ -92,16 +100,7 @@ async fn a_shutdown_records_when_everyone_online_was_last_seen() {
     // Closed only now: closing them first would record their leaving while the server runs.
     drop((ana, bo));
     let server = server.start_again().await;
-    let mut raw = RawSocket::connect(&server.base_url).await;
-    let welcome = raw
-        .request(&format!(
-            r#"{{"id":1,"type":"hello","token":"{}"}}"#,
-            ana_auth.token
-        ))
-        .await;
-    let ServerFrame::Welcome { presence, .. } = welcome else {
-        panic!("{welcome:?}")
-    };
+    let presence = welcome_presence(&server, &ana_auth).await;
     let bo_now = presence
         .iter()
         .find(|p| p.user_id == bo_auth.user.id)
