@@ -44,6 +44,9 @@ impl UserState {
 struct Shared {
     users: Mutex<HashMap<UserId, UserState>>,
     coalesce: Duration,
+    /// Held for reading by each publish while it runs, for writing by `flush`: the flush waits
+    /// for the publishes under way, and the ones whose window ends meanwhile wait for it.
+    publishing: tokio::sync::RwLock<()>,
 }
 
 /// A cheap-to-clone handle to this node's presence table. The std `Mutex` guards a few counter
@@ -59,6 +62,7 @@ impl PresenceTracker {
             shared: Arc::new(Shared {
                 users: Mutex::new(HashMap::new()),
                 coalesce,
+                publishing: tokio::sync::RwLock::new(()),
             }),
         }
     }
@@ -119,27 +123,46 @@ impl PresenceTracker {
         let (tracker, app) = (self.clone(), app.clone());
         tokio::spawn(async move {
             tokio::time::sleep(tracker.shared.coalesce).await;
+            let _running = tracker.shared.publishing.read().await;
             tracker.publish_if_changed(&app, user_id).await;
         });
     }
 
-    /// Publishes now every change still waiting out its coalescing window. The server calls
-    /// this at shutdown, once its sessions are gone, so that everyone who was online has their
-    /// last-seen time recorded before the store closes. The changes run concurrently, so a
+    /// At shutdown, once this node's sessions are gone: records the last-seen time of every user
+    /// whose last session here ended within the coalescing window, before the store closes.
+    /// Nothing is published: the node's clients are gone, and in a cluster they are reconnecting
+    /// elsewhere, where an offline published now would flap to online a window later (the living
+    /// nodes drop this node's presence when they find it dead). The writes run concurrently, so a
     /// store that groups commits records them together.
     pub async fn flush(&self, app: &App) {
-        let pending: Vec<UserId> = self
-            .lock()
-            .iter()
-            .filter(|(_, state)| state.scheduled)
-            .map(|(user_id, _)| *user_id)
-            .collect();
-        let mut publishing = tokio::task::JoinSet::new();
-        for user_id in pending {
-            let (tracker, app) = (self.clone(), app.clone());
-            publishing.spawn(async move { tracker.publish_if_changed(&app, user_id).await });
+        let _no_publishes = self.shared.publishing.write().await;
+        let left: Vec<UserId> = {
+            let mut users = self.lock();
+            let left = users
+                .iter()
+                .filter(|(_, state)| {
+                    state.status() == PresenceStatus::Offline
+                        && state.published() != PresenceStatus::Offline
+                })
+                .map(|(user_id, _)| *user_id)
+                .collect::<Vec<_>>();
+            // Their timers then find nothing to publish.
+            for user_id in &left {
+                users.remove(user_id);
+            }
+            left
+        };
+        let now = crate::now_ms();
+        let mut recording = tokio::task::JoinSet::new();
+        for user_id in left {
+            let app = app.clone();
+            recording.spawn(async move {
+                if let Err(error) = app.store.set_last_seen(user_id, now).await {
+                    tracing::warn!(%error, %user_id, "cannot record last seen at shutdown");
+                }
+            });
         }
-        while publishing.join_next().await.is_some() {}
+        while recording.join_next().await.is_some() {}
     }
 
     async fn publish_if_changed(&self, app: &App, user_id: UserId) {

@@ -162,8 +162,15 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // Offline changes wait out the presence window in tasks of their own; the store must
-        // hear them (last-seen times) before it closes.
-        self.state.app.presence.flush(&self.state.app).await;
+        // hear them (last-seen times) before it closes. Bounded: a store that hangs must not
+        // hold the shutdown.
+        let app = &self.state.app;
+        if tokio::time::timeout(Duration::from_secs(5), app.presence.flush(app))
+            .await
+            .is_err()
+        {
+            tracing::warn!("last-seen times not all recorded within 5 s of shutting down");
+        }
         let store = self.store;
         drop(self.state);
         tokio::task::spawn_blocking(move || store.close())

@@ -88,8 +88,8 @@ async fn the_welcome_tells_who_of_the_users_contacts_is_online() {
 /// closes, so their contacts learn it after the restart.
 #[tokio::test]
 async fn a_shutdown_records_when_everyone_online_was_last_seen() {
-    // A window longer than the server's wait for its sessions to end: the offline changes are
-    // still waiting it out when the store would close.
+    // A window longer than the sessions take to end at shutdown: the offline changes are still
+    // waiting it out when the store would close.
     let mut server = TestServer::start_with(|s| s.limits.presence_coalesce_ms = 400).await;
     let (ana_auth, ana) = server.connected("ana").await;
     let (bo_auth, mut bo) = server.connected("bo").await;
