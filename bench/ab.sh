@@ -8,10 +8,12 @@
 # Usage: bench/ab.sh [--rounds N] [--out FILE.jsonl] [--pg] A_BINARY B_BINARY -- SCENARIO [ARGS…]
 #   bench/ab.sh /tmp/natter-before target/release/natter -- storm --clients 15000
 #   bench/ab.sh --pg --rounds 3 /tmp/natter-before target/release/natter -- durable --database postgres
-# --pg: natter on PostgreSQL ($NATTER_BENCH_PG, default postgres://root@127.0.0.1:5432/natter_bench,
-# dropped and created for every run through $NATTER_BENCH_PG_ADMIN).
+# --pg: natter on PostgreSQL ($NATTER_BENCH_PG, default postgres://root@127.0.0.1:5432/natter_bench;
+# that database is dropped and created for every run through $NATTER_BENCH_PG_ADMIN).
 # Copy the A build aside before building B: both must exist while the script runs.
 set -euo pipefail
+here="$PWD"
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }
 cd "$(dirname "$0")/.."
 rounds=4
 out=""
@@ -19,7 +21,7 @@ pg=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
-        --out) out="$2"; shift 2 ;;
+        --out) out="$(absolute "$2")"; shift 2 ;;
         --pg) pg=1; shift ;;
         *) break ;;
     esac
@@ -28,7 +30,7 @@ if [ $# -lt 4 ] || [ "$3" != "--" ]; then
     sed -n '8,13p' "$0" >&2
     exit 2
 fi
-a="$1"; b="$2"; shift 3
+a="$(absolute "$1")"; b="$(absolute "$2")"; shift 3
 for bin in "$a" "$b"; do
     [ -x "$bin" ] || { echo "ab.sh: $bin is not an executable" >&2; exit 2; }
 done
@@ -40,10 +42,14 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 fi
 pg_admin="${NATTER_BENCH_PG_ADMIN:-postgres://root@127.0.0.1:5432/test}"
 pg_url="${NATTER_BENCH_PG:-postgres://root@127.0.0.1:5432/natter_bench}"
+pg_db="${pg_url##*/}"; pg_db="${pg_db%%\?*}"
 cargo build --release --locked -p natter-bench
 ulimit -n 20000
 work="$(mktemp -d)"
-results="${out:-$work/results.jsonl}"
+# Outside $work, which the exit removes: a run that fails halfway leaves the rounds before it.
+results="${out:-$(mktemp --suffix=.jsonl)}"
+: > "$results"
+echo "ab.sh: results in $results" >&2
 pid=""
 stop_server() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi; }
 trap 'stop_server; rm -rf "$work"' EXIT
@@ -54,7 +60,7 @@ run() { # LABEL BINARY
     stop_server
     rm -rf "$work/data"
     if [ -n "$pg" ]; then
-        psql "$pg_admin" -qc "DROP DATABASE IF EXISTS natter_bench" -c "CREATE DATABASE natter_bench"
+        psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $pg_db" -c "CREATE DATABASE $pg_db"
         extra=(--database-url "$pg_url")
     fi
     taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" \

@@ -100,7 +100,8 @@ for rate in 10000 15000; do  # 10,000/s: half the 20,000/s target; 15,000/s: hal
     # The closed-loop runs wrote hundreds of MB of WAL with no checkpoint since: without one,
     # every 16 MB of the next run is a new, zero-filled WAL segment, and every commit waits for
     # it (docs/benchmarks.md, "A fifth machine"). A server at a steady rate writes into segments
-    # its checkpoints recycled; so does the run after this.
+    # its checkpoints recycled; so does the run after this. (CHECKPOINT needs a superuser or
+    # the pg_checkpoint role: the admin URL's.)
     psql "$pg_admin" -qc CHECKPOINT
     run durable --database postgres --in-flight 32 --rate "$rate" --seconds 8
 done
