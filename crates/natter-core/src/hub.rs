@@ -38,6 +38,9 @@ struct Entry {
 
 #[derive(Default)]
 struct State {
+    /// Set by `close_all`: a session registered later (its upgrade or `hello` was under way) is
+    /// closed with this code at once.
+    closing: Option<CloseCode>,
     next_key: u64,
     sessions: HashMap<SessionKey, Entry>,
     by_room: HashMap<RoomId, HashSet<SessionKey>>,
@@ -91,6 +94,9 @@ impl Hub {
 
     pub fn register(&self, user_id: UserId, token: TokenId, outbox: Arc<Outbox>) -> SessionKey {
         let mut state = self.lock();
+        if let Some(code) = state.closing {
+            outbox.close(code);
+        }
         state.next_key += 1;
         let key = SessionKey(state.next_key);
         state.sessions.insert(
@@ -282,9 +288,12 @@ impl Hub {
         });
     }
 
-    /// Tells every session to end with `code` (used at shutdown).
+    /// Tells every session to end with `code`, and every session registered from now on
+    /// (used at shutdown).
     pub fn close_all(&self, code: CloseCode) {
-        for entry in self.lock().sessions.values() {
+        let mut state = self.lock();
+        state.closing = Some(code);
+        for entry in state.sessions.values() {
             entry.outbox.close(code);
         }
     }
@@ -315,6 +324,20 @@ mod tests {
         let mut items = Vec::new();
         outbox.try_take(&mut items).unwrap();
         items
+    }
+
+    #[test]
+    fn a_session_registered_after_close_all_is_closed_at_once() {
+        let hub = Hub::new();
+        let before = Arc::new(Outbox::new(8));
+        hub.register(UserId(1), TokenId([1; 32]), before.clone());
+        hub.close_all(CloseCode::ShuttingDown);
+        let after = Arc::new(Outbox::new(8));
+        hub.register(UserId(2), TokenId([2; 32]), after.clone());
+        for outbox in [before, after] {
+            let mut items = Vec::new();
+            assert_eq!(outbox.try_take(&mut items), Err(CloseCode::ShuttingDown));
+        }
     }
 
     #[test]
