@@ -50,6 +50,10 @@ pub struct Limits {
     /// Presence changes of one user within this window are coalesced into one: a connection
     /// that drops and comes back inside it changes nothing for anyone.
     pub presence_coalesce_ms: u64,
+    /// Presence is shared through direct and group messages, and through channels of at most
+    /// this many members: a welcome in a 1,500-member channel would list 1,499 people (92 KB)
+    /// and cost the reconnect three times as much (docs/benchmarks.md).
+    pub presence_room_limit: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +75,7 @@ impl Default for Limits {
             reorder_wait_ms: 100,
             typing_timeout_ms: 6_000,
             presence_coalesce_ms: 1_000,
+            presence_room_limit: 200,
         }
     }
 }

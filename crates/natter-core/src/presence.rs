@@ -199,7 +199,11 @@ pub async fn publish_presence(app: &App, user_id: UserId, status: PresenceStatus
     {
         tracing::warn!(%error, %user_id, "cannot record last seen");
     }
-    let rooms = match app.store.room_ids_of(user_id).await {
+    let rooms = match app
+        .store
+        .presence_rooms_of(user_id, app.limits.presence_room_limit)
+        .await
+    {
         Ok(rooms) => rooms,
         Err(error) => {
             tracing::warn!(%error, %user_id, "presence change not published");

@@ -220,9 +220,6 @@ pub trait Store: Send + Sync + 'static {
     async fn public_rooms(&self, viewer: UserId) -> Result<Vec<RoomInfo>, StoreError>;
     async fn members(&self, room_id: RoomId) -> Result<Vec<MemberInfo>, StoreError>;
 
-    /// Every room the user belongs to, by id only.
-    async fn room_ids_of(&self, user_id: UserId) -> Result<Vec<RoomId>, StoreError>;
-
     // --- liveness ---
 
     /// Moves a member's delivery and read positions forward (never back, never past the room's
@@ -235,8 +232,21 @@ pub trait Store: Send + Sync + 'static {
         delivered: Option<RoomSeq>,
         read: Option<RoomSeq>,
     ) -> Result<Positions, StoreError>;
-    /// Everyone who shares a room with the user, with when each was last seen.
-    async fn contacts(&self, user_id: UserId) -> Result<Vec<(UserId, Option<i64>)>, StoreError>;
+    /// Everyone who shares with the user a direct or group message, or a channel of at most
+    /// `room_limit` members: the people whose presence the user sees, with when each was last
+    /// seen.
+    async fn contacts(
+        &self,
+        user_id: UserId,
+        room_limit: usize,
+    ) -> Result<Vec<(UserId, Option<i64>)>, StoreError>;
+    /// The rooms through which the user's presence is shared: their direct and group messages,
+    /// and their channels of at most `room_limit` members.
+    async fn presence_rooms_of(
+        &self,
+        user_id: UserId,
+        room_limit: usize,
+    ) -> Result<Vec<RoomId>, StoreError>;
     async fn set_last_seen(&self, user_id: UserId, at: i64) -> Result<(), StoreError>;
 
     // --- messages and events ---

@@ -91,7 +91,10 @@ pub enum Greeting {
 
 /// The presence of everyone who shares a room with the user, for the welcome.
 async fn welcome_presence(app: &App, user_id: UserId) -> Result<Vec<PresenceInfo>, ServiceError> {
-    let contacts = app.store.contacts(user_id).await?;
+    let contacts = app
+        .store
+        .contacts(user_id, app.limits.presence_room_limit)
+        .await?;
     let ids: Vec<UserId> = contacts.iter().map(|(id, _)| *id).collect();
     let statuses = app
         .presence_registry

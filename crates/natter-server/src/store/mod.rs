@@ -65,6 +65,29 @@ macro_rules! event_select {
 }
 pub(crate) use event_select;
 
+/// The SQL both stores find the rooms a user shares presence through with (`Store::contacts`):
+/// direct and group messages, and channels of at most the limit's members. The arguments are
+/// the store's placeholders for the user and the limit.
+macro_rules! presence_rooms {
+    ($user:literal, $limit:literal) => {
+        concat!(
+            "SELECT m.room_id FROM members m JOIN rooms r ON r.id = m.room_id
+    WHERE m.user_id = ",
+            $user,
+            " AND (r.kind IN ('dm', 'group')
+        OR (SELECT COUNT(*) FROM members c WHERE c.room_id = r.id) <= ",
+            $limit,
+            ")"
+        )
+    };
+}
+pub(crate) use presence_rooms;
+
+/// A room-size limit as SQL compares it.
+pub(crate) fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn role_str(role: Role) -> &'static str {
     match role {
         Role::Member => "member",

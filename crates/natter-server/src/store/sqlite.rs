@@ -14,7 +14,7 @@
 use super::schema::MIGRATIONS;
 use super::{
     EventColumns, Listener, NewMessage, dm_key, event_select, kind_str, message_select, parse_kind,
-    parse_role, role_str,
+    parse_role, presence_rooms, role_str, sql_limit,
 };
 use async_trait::async_trait;
 use natter_core::ports::store::{
@@ -1310,18 +1310,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn room_ids_of(&self, user_id: UserId) -> Result<Vec<RoomId>, StoreError> {
-        self.read(move |conn| {
-            db(conn
-                .prepare_cached("SELECT room_id FROM members WHERE user_id = ?1")
-                .and_then(|mut stmt| {
-                    stmt.query_map([user_id.0], |row| Ok(RoomId(row.get(0)?)))?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                }))
-        })
-        .await
-    }
-
     async fn advance_receipt(
         &self,
         room_id: RoomId,
@@ -1357,18 +1345,43 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn contacts(&self, user_id: UserId) -> Result<Vec<(UserId, Option<i64>)>, StoreError> {
+    async fn contacts(
+        &self,
+        user_id: UserId,
+        room_limit: usize,
+    ) -> Result<Vec<(UserId, Option<i64>)>, StoreError> {
         self.read(move |conn| {
             db(conn
-                .prepare_cached(
-                    "SELECT DISTINCT u.id, u.last_seen_at FROM members mine
-                     JOIN members theirs ON theirs.room_id = mine.room_id
+                .prepare_cached(concat!(
+                    "SELECT DISTINCT u.id, u.last_seen_at FROM members theirs
                      JOIN users u ON u.id = theirs.user_id
-                     WHERE mine.user_id = ?1 AND theirs.user_id != ?1",
-                )
+                     WHERE theirs.user_id != ?1 AND theirs.room_id IN (",
+                    presence_rooms!("?1", "?2"),
+                    ")"
+                ))
                 .and_then(|mut stmt| {
-                    stmt.query_map([user_id.0], |row| Ok((UserId(row.get(0)?), row.get(1)?)))?
-                        .collect::<rusqlite::Result<Vec<_>>>()
+                    stmt.query_map(params![user_id.0, sql_limit(room_limit)], |row| {
+                        Ok((UserId(row.get(0)?), row.get(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                }))
+        })
+        .await
+    }
+
+    async fn presence_rooms_of(
+        &self,
+        user_id: UserId,
+        room_limit: usize,
+    ) -> Result<Vec<RoomId>, StoreError> {
+        self.read(move |conn| {
+            db(conn
+                .prepare_cached(presence_rooms!("?1", "?2"))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![user_id.0, sql_limit(room_limit)], |row| {
+                        Ok(RoomId(row.get(0)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
                 }))
         })
         .await

@@ -112,6 +112,31 @@ async fn a_shutdown_records_when_everyone_online_was_last_seen() {
     );
 }
 
+/// Above `presence_room_limit` members a channel shares no presence (a welcome would list
+/// everyone in it); a direct message shares it whatever the limit.
+#[tokio::test]
+async fn a_channel_above_the_presence_limit_shares_no_presence_and_a_direct_message_does() {
+    let server = TestServer::start_with(|s| {
+        s.limits.presence_coalesce_ms = 50;
+        s.limits.presence_room_limit = 2;
+    })
+    .await;
+    let (ana_auth, ana) = server.connected("ana").await;
+    let (bo_auth, mut bo) = server.connected("bo").await;
+    let (_, mut eve) = server.connected("eve").await;
+    let room = shared_room(&ana, &mut bo).await;
+    join_and_follow(&mut eve, room).await;
+    let bo_seen_by_ana =
+        |presence: Vec<PresenceInfo>| presence.iter().any(|p| p.user_id == bo_auth.user.id);
+    assert!(!bo_seen_by_ana(welcome_presence(&server, &ana_auth).await));
+    bo.request(Request::OpenDm {
+        usernames: vec!["ana".into()],
+    })
+    .await
+    .unwrap();
+    assert!(bo_seen_by_ana(welcome_presence(&server, &ana_auth).await));
+}
+
 #[tokio::test]
 async fn a_user_with_two_devices_is_online_until_the_last_one_leaves() {
     let server = quick_presence_server().await;

@@ -38,6 +38,7 @@ contract!(
     sends_submitted_together_are_stored_in_order_and_each_refusal_stands_alone,
     the_commit_listener_hears_each_new_event_once_in_sequence_order,
     a_retry_is_answered_from_the_first_send_even_after_its_author_left,
+    presence_is_shared_through_direct_messages_and_channels_up_to_the_limit,
 );
 
 async fn user(store: &Arc<dyn Store>, name: &str) -> UserId {
@@ -337,13 +338,53 @@ async fn a_direct_message_is_one_room_per_set_of_members(store: Arc<dyn Store>) 
     assert_eq!(memberships[0].room.kind, RoomKind::Dm);
     assert_eq!(
         store
-            .contacts(ana)
+            .contacts(ana, 200)
             .await
             .unwrap()
             .iter()
             .map(|c| c.0)
             .collect::<Vec<_>>(),
         [bo]
+    );
+}
+
+/// A channel counts toward presence up to `room_limit` members; a direct or group message always.
+async fn presence_is_shared_through_direct_messages_and_channels_up_to_the_limit(
+    store: Arc<dyn Store>,
+) {
+    let ana = user(&store, "ana").await;
+    let bo = user(&store, "bo").await;
+    let eve = user(&store, "eve").await;
+    let zed = user(&store, "zed").await;
+    let small = channel(&store, ana, "small").await;
+    join(&store, small, bo).await;
+    let big = channel(&store, ana, "big").await;
+    join(&store, big, eve).await;
+    join(&store, big, zed).await;
+    let (dm, _) = store.open_dm(zed, &[ana, zed], 0).await.unwrap();
+    let shared = async |limit| {
+        let mut contacts: Vec<UserId> = store
+            .contacts(ana, limit)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(user_id, _)| user_id)
+            .collect();
+        let mut rooms = store.presence_rooms_of(ana, limit).await.unwrap();
+        contacts.sort();
+        rooms.sort();
+        (contacts, rooms)
+    };
+    let mut with_big = vec![small, big, dm];
+    with_big.sort();
+    let mut without_big = vec![small, dm];
+    without_big.sort();
+    assert_eq!(shared(3).await, (vec![bo, eve, zed], with_big));
+    assert_eq!(shared(2).await, (vec![bo, zed], without_big));
+    assert_eq!(
+        shared(0).await,
+        (vec![zed], vec![dm]),
+        "a direct message has no limit"
     );
 }
 

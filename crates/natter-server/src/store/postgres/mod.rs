@@ -14,7 +14,7 @@ mod group;
 
 use super::{
     EventColumns, Listener, NewMessage, dm_key, event_select, kind_str, message_select, parse_kind,
-    parse_role, role_str,
+    parse_role, presence_rooms, role_str, sql_limit,
 };
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
@@ -1136,13 +1136,17 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    async fn room_ids_of(&self, user_id: UserId) -> Result<Vec<RoomId>, StoreError> {
+    async fn presence_rooms_of(
+        &self,
+        user_id: UserId,
+        room_limit: usize,
+    ) -> Result<Vec<RoomId>, StoreError> {
         let rows = db(self
             .client()
             .await?
             .query_cached(
-                "SELECT room_id FROM members WHERE user_id = $1",
-                &[&user_id.0],
+                presence_rooms!("$1", "$2"),
+                &[&user_id.0, &sql_limit(room_limit)],
             )
             .await)?;
         Ok(rows.iter().map(|row| RoomId(row.get(0))).collect())
@@ -1186,16 +1190,23 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn contacts(&self, user_id: UserId) -> Result<Vec<(UserId, Option<i64>)>, StoreError> {
+    async fn contacts(
+        &self,
+        user_id: UserId,
+        room_limit: usize,
+    ) -> Result<Vec<(UserId, Option<i64>)>, StoreError> {
         let rows = db(self
             .client()
             .await?
             .query_cached(
-                "SELECT DISTINCT u.id, u.last_seen_at FROM members mine
-                 JOIN members theirs ON theirs.room_id = mine.room_id
-                 JOIN users u ON u.id = theirs.user_id
-                 WHERE mine.user_id = $1 AND theirs.user_id != $1",
-                &[&user_id.0],
+                concat!(
+                    "SELECT DISTINCT u.id, u.last_seen_at FROM members theirs
+                     JOIN users u ON u.id = theirs.user_id
+                     WHERE theirs.user_id != $1 AND theirs.room_id IN (",
+                    presence_rooms!("$1", "$2"),
+                    ")"
+                ),
+                &[&user_id.0, &sql_limit(room_limit)],
             )
             .await)?;
         Ok(rows
