@@ -24,7 +24,8 @@ pub struct Args {
     /// Connected users.
     #[arg(long, default_value_t = 2000)]
     users: usize,
-    /// Members per room.
+    /// Members per room. Above the server's `presence_room_limit` (200 by default) a channel
+    /// shares no presence, and there is nothing to measure.
     #[arg(long, default_value_t = 50)]
     room_size: usize,
     /// Users per second who disconnect and come back.

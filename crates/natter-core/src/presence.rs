@@ -190,8 +190,8 @@ impl PresenceTracker {
     }
 }
 
-/// Tells everyone who shares a room with the user that their status is now `status`; going
-/// offline records the last-seen time.
+/// Tells everyone who shares a presence room with the user (`Store::presence_rooms_of`) that
+/// their status is now `status`; going offline records the last-seen time.
 pub async fn publish_presence(app: &App, user_id: UserId, status: PresenceStatus) {
     let last_seen = (status == PresenceStatus::Offline).then(crate::now_ms);
     if let Some(at) = last_seen

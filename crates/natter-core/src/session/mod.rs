@@ -89,7 +89,8 @@ pub enum Greeting {
     Quiet,
 }
 
-/// The presence of everyone who shares a room with the user, for the welcome.
+/// The presence of the user's contacts (`Store::contacts`: who shares a direct message or a
+/// channel up to `presence_room_limit` members with them), for the welcome.
 async fn welcome_presence(app: &App, user_id: UserId) -> Result<Vec<PresenceInfo>, ServiceError> {
     let contacts = app
         .store

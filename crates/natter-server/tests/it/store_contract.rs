@@ -362,6 +362,12 @@ async fn presence_is_shared_through_direct_messages_and_channels_up_to_the_limit
     join(&store, big, eve).await;
     join(&store, big, zed).await;
     let (dm, _) = store.open_dm(zed, &[ana, zed], 0).await.unwrap();
+    let gil = user(&store, "gil").await;
+    let (group, _) = store.open_dm(gil, &[ana, bo, gil], 0).await.unwrap();
+    assert_eq!(
+        store.room(group, ana).await.unwrap().map(|room| room.kind),
+        Some(RoomKind::Group)
+    );
     let shared = async |limit| {
         let mut contacts: Vec<UserId> = store
             .contacts(ana, limit)
@@ -375,16 +381,22 @@ async fn presence_is_shared_through_direct_messages_and_channels_up_to_the_limit
         rooms.sort();
         (contacts, rooms)
     };
-    let mut with_big = vec![small, big, dm];
-    with_big.sort();
-    let mut without_big = vec![small, dm];
-    without_big.sort();
-    assert_eq!(shared(3).await, (vec![bo, eve, zed], with_big));
-    assert_eq!(shared(2).await, (vec![bo, zed], without_big));
+    let sorted = |mut ids: Vec<RoomId>| {
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        shared(3).await,
+        (vec![bo, eve, zed, gil], sorted(vec![small, big, dm, group]))
+    );
+    assert_eq!(
+        shared(2).await,
+        (vec![bo, zed, gil], sorted(vec![small, dm, group]))
+    );
     assert_eq!(
         shared(0).await,
-        (vec![zed], vec![dm]),
-        "a direct message has no limit"
+        (vec![bo, zed, gil], sorted(vec![dm, group])),
+        "direct and group messages have no limit"
     );
 }
 
