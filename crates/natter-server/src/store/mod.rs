@@ -65,7 +65,8 @@ macro_rules! event_select {
 }
 pub(crate) use event_select;
 
-/// The SQL both stores find the rooms a user shares presence through with (`Store::contacts`):
+/// The SQL both stores find the rooms a user shares presence through with
+/// (`Store::presence_rooms_of`, and `Store::contacts` within it):
 /// direct and group messages, and channels of at most the limit's members. The arguments are
 /// the store's placeholders for the user and the limit.
 macro_rules! presence_rooms {

@@ -74,6 +74,13 @@ trait CachedStatements {
         f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T>;
 
+    fn query_all_cached<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Vec<T>>;
+
     fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
 }
 
@@ -85,6 +92,15 @@ impl CachedStatements for Connection {
         f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn query_all_cached<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Vec<T>> {
+        self.prepare_cached(sql)?.query_map(params, f)?.collect()
     }
 
     fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
@@ -577,20 +593,18 @@ fn room_row(conn: &Connection, row: &Row<'_>) -> rusqlite::Result<RoomInfo> {
     let id = RoomId(row.get(0)?);
     let kind = parse_kind(&row.get::<_, String>(1)?);
     let members = match kind {
-        RoomKind::Dm | RoomKind::Group => {
-            let mut stmt = conn.prepare_cached(
-                "SELECT u.id, u.username, u.display_name FROM members m
+        RoomKind::Dm | RoomKind::Group => conn.query_all_cached(
+            "SELECT u.id, u.username, u.display_name FROM members m
                  JOIN users u ON u.id = m.user_id WHERE m.room_id = ?1 ORDER BY u.id",
-            )?;
-            stmt.query_map([id.0], |row| {
+            [id.0],
+            |row| {
                 Ok(UserInfo {
                     id: UserId(row.get(0)?),
                     username: row.get(1)?,
                     display_name: row.get(2)?,
                 })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-        }
+            },
+        )?,
         RoomKind::Public | RoomKind::Private => Vec::new(),
     };
     Ok(RoomInfo {
@@ -805,16 +819,15 @@ fn apply_change(
             // (`ChecksFirst`).
             type Checks = (Option<i64>, Option<i64>, Option<String>, String, String);
             let found: Option<Checks> = db(conn
-                .prepare_cached(
+                .query_row_cached(
                     "SELECT prior.room_id, prior.seq, m.role, u.username, u.display_name
                      FROM users u
                      LEFT JOIN messages prior ON prior.client_msg_id = ?3 AND prior.author_id = u.id
                      LEFT JOIN rooms r ON r.id = ?1
                      LEFT JOIN members m ON m.room_id = r.id AND m.user_id = u.id
                      WHERE u.id = ?2 AND r.id IS NOT NULL",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![room_id.0, actor.0, client_msg_id.0], |row| {
+                    params![room_id.0, actor.0, client_msg_id.0],
+                    |row| {
                         Ok((
                             row.get(0)?,
                             row.get(1)?,
@@ -822,9 +835,9 @@ fn apply_change(
                             row.get(3)?,
                             row.get(4)?,
                         ))
-                    })
-                    .optional()
-                }))?;
+                    },
+                )
+                .optional())?;
             let Some((first_room, first_seq, role, username, display_name)) = found else {
                 return Err(StoreError::NotFound("room"));
             };
@@ -1248,20 +1261,16 @@ impl Store for SqliteStore {
             // One read transaction: every last_seq comes from the same snapshot. Should the
             // query fail, the reader ends the transaction (`Readers::serve`).
             db(conn.execute_cached("BEGIN", []))?;
-            let memberships = db(conn
-                .prepare_cached(concat!(
-                    room_select!(),
-                    " WHERE v.user_id = ?1 ORDER BY r.id"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.query_map([user_id.0], |row| {
-                        Ok(Membership {
-                            room: room_row(conn, row)?,
-                            joined_seq: RoomSeq(row.get(10)?),
-                        })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                }))?;
+            let memberships = db(conn.query_all_cached(
+                concat!(room_select!(), " WHERE v.user_id = ?1 ORDER BY r.id"),
+                [user_id.0],
+                |row| {
+                    Ok(Membership {
+                        room: room_row(conn, row)?,
+                        joined_seq: RoomSeq(row.get(10)?),
+                    })
+                },
+            ))?;
             db(conn.execute_cached("COMMIT", []))?;
             Ok(memberships)
         })
@@ -1270,42 +1279,38 @@ impl Store for SqliteStore {
 
     async fn public_rooms(&self, viewer: UserId) -> Result<Vec<RoomInfo>, StoreError> {
         self.read(move |conn| {
-            db(conn
-                .prepare_cached(concat!(
+            db(conn.query_all_cached(
+                concat!(
                     room_select!(),
                     " WHERE r.kind = 'public' ORDER BY r.name COLLATE NOCASE"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.query_map([viewer.0], |row| room_row(conn, row))?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                }))
+                ),
+                [viewer.0],
+                |row| room_row(conn, row),
+            ))
         })
         .await
     }
 
     async fn members(&self, room_id: RoomId) -> Result<Vec<MemberInfo>, StoreError> {
         self.read(move |conn| {
-            db(conn
-                .prepare_cached(
-                    "SELECT u.id, u.username, u.display_name, m.role, m.delivered_seq, m.read_seq
-                     FROM members m JOIN users u ON u.id = m.user_id
-                     WHERE m.room_id = ?1 ORDER BY u.username",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_map([room_id.0], |row| {
-                        Ok(MemberInfo {
-                            user: UserInfo {
-                                id: UserId(row.get(0)?),
-                                username: row.get(1)?,
-                                display_name: row.get(2)?,
-                            },
-                            role: parse_role(&row.get::<_, String>(3)?),
-                            delivered_seq: RoomSeq(row.get(4)?),
-                            read_seq: RoomSeq(row.get(5)?),
-                        })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                }))
+            db(conn.query_all_cached(
+                "SELECT u.id, u.username, u.display_name, m.role, m.delivered_seq, m.read_seq
+                 FROM members m JOIN users u ON u.id = m.user_id
+                 WHERE m.room_id = ?1 ORDER BY u.username",
+                [room_id.0],
+                |row| {
+                    Ok(MemberInfo {
+                        user: UserInfo {
+                            id: UserId(row.get(0)?),
+                            username: row.get(1)?,
+                            display_name: row.get(2)?,
+                        },
+                        role: parse_role(&row.get::<_, String>(3)?),
+                        delivered_seq: RoomSeq(row.get(4)?),
+                        read_seq: RoomSeq(row.get(5)?),
+                    })
+                },
+            ))
         })
         .await
     }
@@ -1351,20 +1356,17 @@ impl Store for SqliteStore {
         room_limit: usize,
     ) -> Result<Vec<(UserId, Option<i64>)>, StoreError> {
         self.read(move |conn| {
-            db(conn
-                .prepare_cached(concat!(
+            db(conn.query_all_cached(
+                concat!(
                     "SELECT DISTINCT u.id, u.last_seen_at FROM members theirs
                      JOIN users u ON u.id = theirs.user_id
                      WHERE theirs.user_id != ?1 AND theirs.room_id IN (",
                     presence_rooms!("?1", "?2"),
                     ")"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.query_map(params![user_id.0, sql_limit(room_limit)], |row| {
-                        Ok((UserId(row.get(0)?), row.get(1)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                }))
+                ),
+                params![user_id.0, sql_limit(room_limit)],
+                |row| Ok((UserId(row.get(0)?), row.get(1)?)),
+            ))
         })
         .await
     }
@@ -1375,14 +1377,11 @@ impl Store for SqliteStore {
         room_limit: usize,
     ) -> Result<Vec<RoomId>, StoreError> {
         self.read(move |conn| {
-            db(conn
-                .prepare_cached(presence_rooms!("?1", "?2"))
-                .and_then(|mut stmt| {
-                    stmt.query_map(params![user_id.0, sql_limit(room_limit)], |row| {
-                        Ok(RoomId(row.get(0)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                }))
+            db(conn.query_all_cached(
+                presence_rooms!("?1", "?2"),
+                params![user_id.0, sql_limit(room_limit)],
+                |row| Ok(RoomId(row.get(0)?)),
+            ))
         })
         .await
     }
@@ -1435,15 +1434,11 @@ impl Store for SqliteStore {
                 message_select!()
             );
             let fetch = limit as i64 + 1;
-            let mut messages = db(conn.prepare_cached(&sql).and_then(|mut stmt| {
-                if filter.is_empty() {
-                    stmt.query_map(params![room_id.0, fetch], message_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                } else {
-                    stmt.query_map(params![room_id.0, fetch, bound], message_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                }
-            }))?;
+            let mut messages = db(if filter.is_empty() {
+                conn.query_all_cached(&sql, params![room_id.0, fetch], message_row)
+            } else {
+                conn.query_all_cached(&sql, params![room_id.0, fetch, bound], message_row)
+            })?;
             let has_more = messages.len() > limit as usize;
             messages.truncate(limit as usize);
             if order == "DESC" {
@@ -1463,18 +1458,15 @@ impl Store for SqliteStore {
     ) -> Result<Vec<EventRecord>, StoreError> {
         self.read(move |conn| {
             let until = until.map(|u| u.0 as i64).unwrap_or(i64::MAX);
-            db(conn
-                .prepare_cached(concat!(
+            db(conn.query_all_cached(
+                concat!(
                     event_select!(),
                     " WHERE e.room_id = ?1 AND e.seq > ?2 AND e.seq <= ?3
                      ORDER BY e.seq LIMIT ?4"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.query_map(params![room_id.0, after.0, until, limit], |row| {
-                        event_row(conn, room_id, row)
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                }))
+                ),
+                params![room_id.0, after.0, until, limit],
+                |row| event_row(conn, room_id, row),
+            ))
         })
         .await
     }
