@@ -25,17 +25,10 @@ async fn shared_room(ana: &Client, bo: &mut Client) -> RoomId {
 
 /// The presence list of the `welcome` that `auth`'s `hello` gets, over a socket of its own.
 async fn welcome_presence(server: &TestServer, auth: &Auth) -> Vec<PresenceInfo> {
-    let mut raw = RawSocket::connect(&server.base_url).await;
-    let welcome = raw
-        .request(&format!(
-            r#"{{"id":1,"type":"hello","token":"{}"}}"#,
-            auth.token
-        ))
-        .await;
-    let ServerFrame::Welcome { presence, .. } = welcome else {
-        panic!("{welcome:?}")
-    };
-    presence
+    match RawSocket::welcomed(&server.base_url, &auth.token).await.1 {
+        ServerFrame::Welcome { presence, .. } => presence,
+        _ => unreachable!("`welcomed` returns a welcome"),
+    }
 }
 
 #[tokio::test]

@@ -46,11 +46,16 @@ impl RawSocket {
 
     /// Connects and says hello with `token`; returns once the welcome arrived.
     pub async fn authenticated(base_url: &str, token: &str) -> RawSocket {
+        RawSocket::welcomed(base_url, token).await.0
+    }
+
+    /// Connects and says hello with `token`; returns the socket and the `welcome` it got.
+    pub async fn welcomed(base_url: &str, token: &str) -> (RawSocket, ServerFrame) {
         let mut raw = RawSocket::connect(base_url).await;
         raw.send(&format!(r#"{{"id":1,"type":"hello","token":"{token}"}}"#))
             .await;
         match raw.recv().await {
-            Received::Frame(ServerFrame::Welcome { .. }) => raw,
+            Received::Frame(welcome @ ServerFrame::Welcome { .. }) => (raw, welcome),
             other => panic!("expected welcome, got {other:?}"),
         }
     }
