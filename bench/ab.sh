@@ -35,11 +35,8 @@ for bin in "$a" "$b"; do
     [ -x "$bin" ] || { echo "ab.sh: $bin is not an executable" >&2; exit 2; }
 done
 case "$rounds" in ''|*[!0-9]*|0) echo "ab.sh: --rounds takes a positive number" >&2; exit 2 ;; esac
-port=18094
-if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "ab.sh: something already listens on 127.0.0.1:$port; stop it first" >&2
-    exit 1
-fi
+. bench/servers.sh
+refuse_if_listening ab.sh 18094
 pg_admin="${NATTER_BENCH_PG_ADMIN:-postgres://root@127.0.0.1:5432/test}"
 pg_url="${NATTER_BENCH_PG:-postgres://root@127.0.0.1:5432/natter_bench}"
 pg_db="${pg_url##*/}"; pg_db="${pg_db%%\?*}"
@@ -50,26 +47,19 @@ work="$(mktemp -d)"
 results="${out:-$(mktemp --suffix=.jsonl)}"
 : > "$results"
 echo "ab.sh: results in $results" >&2
-pid=""
-stop_server() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi; }
 trap 'stop_server; rm -rf "$work"' EXIT
 
 run() { # LABEL BINARY
     local label="$1" bin="$2" extra=()
     shift 2
     stop_server
-    rm -rf "$work/data"
     if [ -n "$pg" ]; then
         psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $pg_db" -c "CREATE DATABASE $pg_db"
         extra=(--database-url "$pg_url")
     fi
-    taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" \
-        --config bench/natter.toml --log warn "${extra[@]}" &
-    pid=$!
-    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-    kill -0 "$pid"  # it answers, and it is ours
+    start_natter_binary "$bin" "$work/data" "${extra[@]}"
     echo "== $label: natter-bench $*" >&2
-    taskset -c 1 target/release/natter-bench "$@" --url "http://127.0.0.1:$port" --server-pid "$pid" \
+    taskset -c 1 target/release/natter-bench "$@" --url "$url" --server-pid "$pid" \
         | grep '^{' | python3 -c 'import json, sys; d = json.loads(sys.stdin.read()); d["build"] = sys.argv[1]; print(json.dumps(d))' "$label" \
         >> "$results"
 }

@@ -14,46 +14,28 @@ out="${1:-bench/results/$(date +%F).jsonl}"
 sio_dir="${SOCKETIO_DIR:-../shared/bench/socketio}"
 pg_admin="${NATTER_BENCH_PG_ADMIN:-postgres://root@127.0.0.1:5432/test}"
 pg_url="${NATTER_BENCH_PG:-postgres://root@127.0.0.1:5432/natter_bench}"
-for port in 18094 3100 3200; do  # a server left there would be measured in place of ours
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "compare.sh: something already listens on 127.0.0.1:$port; stop it first" >&2
-        exit 1
-    fi
-done
+. bench/servers.sh
+refuse_if_listening compare.sh 18094 3100 3200
 cargo build --release --locked -p natter-server -p natter-bench
 [ -d "$sio_dir/node_modules" ] || (cd "$sio_dir" && npm ci)
 ulimit -n 20000
 work="$(mktemp -d)"
-pid=""
-stop_server() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi; }
 trap 'stop_server; rm -rf "$work"' EXIT
 
-wait_for() { for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; }
 start_natter() { # [extra serve args]
-    stop_server
-    rm -rf "$work/data"
-    taskset -c 0 target/release/natter serve --listen 127.0.0.1:18094 --data-dir "$work/data" \
-        --config bench/natter.toml --log warn "$@" &
-    pid=$!
-    wait_for http://127.0.0.1:18094/healthz
-    kill -0 "$pid"  # it answers, and it is ours
-    url=http://127.0.0.1:18094
+    start_natter_binary target/release/natter "$work/data" "$@"
 }
 start_limit() {
     stop_server
     taskset -c 0 target/release/natter-bench limit-server --listen 127.0.0.1:3200 2>/dev/null &
     pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/3200) 2>/dev/null && break; sleep 0.1; done
-    kill -0 "$pid"  # it answers, and it is ours
-    url=http://127.0.0.1:3200
+    started http://127.0.0.1:3200 port_open 3200
 }
 start_socketio() {
     stop_server
     taskset -c 0 node "$sio_dir/server.js" --port 3100 >/dev/null &
     pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/3100) 2>/dev/null && break; sleep 0.1; done
-    kill -0 "$pid"  # it answers, and it is ours
-    url=http://127.0.0.1:3100
+    started http://127.0.0.1:3100 port_open 3100
 }
 run() { # scenario args…
     echo "== natter-bench $*" >&2
