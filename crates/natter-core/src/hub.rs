@@ -298,6 +298,11 @@ impl Hub {
         }
     }
 
+    /// The code `close_all` closed every session with, once it has: the node is shutting down.
+    pub fn closing(&self) -> Option<CloseCode> {
+        self.lock().closing
+    }
+
     pub fn session_count(&self) -> usize {
         self.lock().sessions.len()
     }
@@ -334,6 +339,7 @@ mod tests {
         hub.close_all(CloseCode::ShuttingDown);
         let after = Arc::new(Outbox::new(8));
         hub.register(UserId(2), TokenId([2; 32]), after.clone());
+        assert_eq!(hub.closing(), Some(CloseCode::ShuttingDown));
         for outbox in [before, after] {
             let mut items = Vec::new();
             assert_eq!(outbox.try_take(&mut items), Err(CloseCode::ShuttingDown));

@@ -222,7 +222,7 @@ mod revoked_while_starting {
     use natter_core::ports::{Envelope, UserNotice};
     use natter_core::session::{Credentials, Greeting, Session};
     use natter_core::{App, Limits};
-    use natter_protocol::{ErrorCode, RequestId, UserId};
+    use natter_protocol::{CloseCode, ErrorCode, RequestId, UserId};
     use std::collections::BTreeMap;
 
     async fn app_with_token(token: TokenId) -> (tempfile::TempDir, App, UserId) {
@@ -272,6 +272,25 @@ mod revoked_while_starting {
             .await
             .map(|(session, _stream)| session)
             .map_err(|error| error.code)
+    }
+
+    /// A client whose `hello` was authenticated as the node began shutting down: its session
+    /// does not start (the store is about to close), and it is told to reconnect.
+    #[tokio::test]
+    async fn no_session_starts_once_the_node_is_shutting_down() {
+        let token = TokenId([1; 32]);
+        let (_dir, app, _ana) = app_with_token(token).await;
+        let credentials = checked(&app, token).await;
+        app.hub.close_all(CloseCode::ShuttingDown);
+        assert_eq!(
+            start(&app, credentials).await.err(),
+            Some(ErrorCode::Unavailable)
+        );
+        assert_eq!(
+            app.hub.session_count(),
+            0,
+            "the refused session left the hub"
+        );
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! These tests run the real `natter` binary as a child process.
 
 use crate::support::process::Process;
+use crate::support::raw::{RawSocket, Received};
 use crate::support::*;
 use natter_client::protocol::{Message, Visibility};
 use natter_client::{Client, Options};
@@ -106,6 +107,35 @@ async fn every_acknowledged_message_survives_kill_9_under_load() {
         seqs.len() as u64,
         newest - first + 1,
         "message sequences are contiguous"
+    );
+}
+
+/// A connection upgraded before the shutdown says `hello` after it: the store is closed, and
+/// the client is told the server is going away (4004, reconnect and resume), not that storage
+/// failed (1013, back off).
+#[tokio::test]
+async fn a_hello_after_the_shutdown_began_is_told_to_reconnect() {
+    let mut server = TestServer::start().await;
+    let ana = server.user("ana").await;
+    let mut raw = RawSocket::connect(&server.base_url).await;
+    server.stop().await;
+    raw.send(&format!(
+        r#"{{"id":1,"type":"hello","token":"{}"}}"#,
+        ana.token
+    ))
+    .await;
+    match raw.recv().await {
+        Received::Frame(natter_client::protocol::ServerFrame::Error { id, code, .. }) => {
+            assert_eq!(id.map(|id| id.0), Some(1));
+            assert_eq!(code, natter_client::protocol::ErrorCode::Unavailable);
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    assert_eq!(
+        raw.recv().await,
+        Received::Closed(Some(
+            natter_client::protocol::CloseCode::ShuttingDown.code()
+        ))
     );
 }
 

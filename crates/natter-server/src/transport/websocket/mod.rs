@@ -202,6 +202,16 @@ async fn await_hello(
             continue;
         };
         let reject = |code, message: &str| ServerFrame::error(Some(frame.id), code, message);
+        // After `close_all`: no session may start, and the store is about to close.
+        if let Some(code) = state.app.hub.closing() {
+            let refusal = reject(
+                ErrorCode::Unavailable,
+                "the server is shutting down: reconnect",
+            );
+            socket.reply_by(deadline, refusal).await;
+            socket.close(code).await;
+            return None;
+        }
         let Some(token) = token.or_else(|| cookie_token.clone()) else {
             socket
                 .reply_by(deadline, reject(ErrorCode::AuthFailed, "no token given"))
@@ -244,11 +254,12 @@ async fn await_hello(
                 socket
                     .reply_by(deadline, reject(error.code, &error.message))
                     .await;
-                // Its token was revoked while the session started (`Session::start`).
+                // Its token was revoked while the session started (`Session::start`), or the
+                // server began shutting down meanwhile.
                 let close = if error.code == ErrorCode::AuthFailed {
                     CloseCode::Revoked
                 } else {
-                    CloseCode::TryAgainLater
+                    state.app.hub.closing().unwrap_or(CloseCode::TryAgainLater)
                 };
                 socket.close(close).await;
                 return None;
