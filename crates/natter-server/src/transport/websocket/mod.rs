@@ -41,7 +41,11 @@ const NORMAL_CLOSURE: u16 = 1000;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 type Io = TokioIo<hyper::upgrade::Upgraded>;
-type SharedWriter = Arc<tokio::sync::Mutex<Writer<WriteHalf<Io>>>>;
+/// The writer, shared with the reader for pongs and for the answer to a client's close. A
+/// `futures` lock rather than tokio's: the writer takes it for every batch, almost always
+/// uncontended, and its uncontended path is one atomic swap against tokio's semaphore (CPU per
+/// delivery about 3% lower at 30,000 deliveries/s, docs/benchmarks.md).
+type SharedWriter = Arc<futures_util::lock::Mutex<Writer<WriteHalf<Io>>>>;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
@@ -281,7 +285,7 @@ async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
     };
     let Handshaking { reader, writer } = socket;
     let heartbeat_timeout = state.app.limits.heartbeat_timeout();
-    let writer: SharedWriter = Arc::new(tokio::sync::Mutex::new(writer));
+    let writer: SharedWriter = Arc::new(futures_util::lock::Mutex::new(writer));
     let writing = tokio::spawn(write_frames(writer.clone(), stream, heartbeat_timeout));
     // The connection goes on in tasks of their own: this one's state machine carries everything
     // the handshake needed, which an idle connection should not hold (docs/benchmarks.md).
