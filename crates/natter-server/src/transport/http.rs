@@ -231,15 +231,50 @@ pub async fn rpc(State(state): State<ServerState>, headers: HeaderMap, body: Byt
     frame_response(StatusCode::OK, &reply)
 }
 
+/// Why a stream did not start: the server is shutting down (the transport tells the client to
+/// reconnect, as it would end a live session), or an error to answer with.
+enum NotStarted {
+    Closing(CloseCode),
+    Refused(Response),
+}
+
 async fn start_session(
     state: &ServerState,
     credentials: Credentials,
     greeting: Greeting,
     resume: &Cursors,
-) -> Result<(Session, SessionStream), Response> {
+) -> Result<(Session, SessionStream), NotStarted> {
     Session::start(state.app.clone(), credentials, greeting, resume.0.clone())
         .await
-        .map_err(|error| ApiError::from(error).into_response())
+        .map_err(|error| match state.app.hub.closing() {
+            Some(code) => NotStarted::Closing(code),
+            None => NotStarted::Refused(ApiError::from(error).into_response()),
+        })
+}
+
+/// The SSE event that ends a stream with `code`.
+fn sse_close(code: CloseCode) -> String {
+    format!(
+        "event: close\ndata: {{\"code\":{},\"reason\":\"{}\"}}\n\n",
+        code.code(),
+        code.reason()
+    )
+}
+
+fn event_stream(body: Body) -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/event-stream"),
+            (CACHE_CONTROL, "no-cache"),
+            // nginx would otherwise buffer the stream.
+            (
+                axum::http::HeaderName::from_static("x-accel-buffering"),
+                "no",
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// # `GET /api/v1/sse`
@@ -275,7 +310,8 @@ pub async fn sse(
     .await
     {
         Ok(pair) => pair,
-        Err(response) => return response,
+        Err(NotStarted::Closing(code)) => return event_stream(Body::from(sse_close(code))),
+        Err(NotStarted::Refused(response)) => return response,
     };
     struct Live {
         _session: Session,
@@ -310,29 +346,13 @@ pub async fn sse(
                 }
             }
             Err(code) => {
-                chunk = format!(
-                    "event: close\ndata: {{\"code\":{},\"reason\":\"{}\"}}\n\n",
-                    code.code(),
-                    code.reason()
-                );
+                chunk = sse_close(code);
                 live.done = true;
             }
         }
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), live))
     });
-    (
-        [
-            (CONTENT_TYPE, "text/event-stream"),
-            (CACHE_CONTROL, "no-cache"),
-            // nginx would otherwise buffer the stream.
-            (
-                axum::http::HeaderName::from_static("x-accel-buffering"),
-                "no",
-            ),
-        ],
-        Body::from_stream(events),
-    )
-        .into_response()
+    event_stream(Body::from_stream(events))
 }
 
 /// # `GET /api/v1/poll`
@@ -366,7 +386,8 @@ pub async fn poll(
     let (_session, mut stream) = match start_session(&state, credentials, greeting, &cursors).await
     {
         Ok(pair) => pair,
-        Err(response) => return response,
+        Err(NotStarted::Closing(code)) => return poll_answer(&cursors, &[], Some(code)),
+        Err(NotStarted::Refused(response)) => return response,
     };
     let mut cursors = cursors;
     let mut frames = Vec::new();
@@ -402,6 +423,11 @@ pub async fn poll(
     for frame in &frames {
         cursors.observe(frame);
     }
+    poll_answer(&cursors, &frames, close)
+}
+
+/// `{"cursor":…,"frames":[…]}`, with `"close"` when the session ended.
+fn poll_answer(cursors: &Cursors, frames: &[Arc<str>], close: Option<CloseCode>) -> Response {
     let mut body = format!(r#"{{"cursor":"{}","frames":["#, cursors.encode());
     for (i, frame) in frames.iter().enumerate() {
         if i > 0 {

@@ -339,3 +339,23 @@ async fn a_request_that_is_not_a_version_13_handshake_is_refused_with_a_status()
     assert_eq!(old_version.status(), 426);
     assert_eq!(old_version.headers()["sec-websocket-version"], "13");
 }
+
+/// RFC 6455: a ping is answered with a pong carrying its payload, also while the connection's
+/// writer is busy with a stream of events (the pong shares its lock).
+#[tokio::test]
+async fn a_websocket_ping_is_answered_while_events_stream_in() {
+    let server = TestServer::start().await;
+    let (ana_auth, ana) = server.connected("ana").await;
+    let room = create_channel(&ana, "busy", Visibility::Public).await;
+    let mut raw = RawSocket::authenticated(&server.base_url, &ana_auth.token).await;
+    let sender = tokio::spawn(async move {
+        for n in 0..400 {
+            ana.send_message(room.id, format!("m{n}")).await.unwrap();
+        }
+    });
+    for n in 0..5u8 {
+        let payload = [b'p', n];
+        assert_eq!(raw.ping(&payload).await, payload);
+    }
+    sender.await.unwrap();
+}

@@ -443,3 +443,43 @@ async fn an_sse_stream_and_its_requests_may_land_on_different_nodes() {
     let (bodies, _) = messages_in_order(&mut wire, room.id, cursor, 1).await;
     assert_eq!(bodies, ["sent to b, seen on a"]);
 }
+
+/// A shutdown closes every session (`close_all`) before the server stops; a stream that starts in
+/// between is ended at once the way its transport ends a session, so the client reconnects (to
+/// another node, behind a balancer) rather than reading an error.
+#[tokio::test]
+async fn a_stream_started_while_the_server_shuts_down_is_told_to_reconnect() {
+    let server = TestServer::start().await;
+    let ana = server.user("ana").await;
+    server
+        .hub
+        .close_all(natter_client::protocol::CloseCode::ShuttingDown);
+    let http = reqwest::Client::new();
+    let base = &server.base_url;
+    let poll: serde_json::Value = http
+        .get(format!("{base}/api/v1/poll?timeout=5"))
+        .bearer_auth(&ana.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(poll["frames"], serde_json::json!([]));
+    assert_eq!(poll["close"]["code"], 4004);
+    let sse = http
+        .get(format!("{base}/api/v1/sse"))
+        .bearer_auth(&ana.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let text = tokio::time::timeout(WAIT, sse.text())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        text.starts_with("event: close\ndata: {\"code\":4004,"),
+        "got {text:?}"
+    );
+}

@@ -28,6 +28,7 @@ use natter_protocol::{CloseCode, ErrorCode, codec};
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{ReadHalf, WriteHalf};
@@ -41,11 +42,34 @@ const NORMAL_CLOSURE: u16 = 1000;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 type Io = TokioIo<hyper::upgrade::Upgraded>;
-/// The writer, shared with the reader for pongs and for the answer to a client's close. A
-/// `futures` lock rather than tokio's: the writer takes it for every batch, almost always
-/// uncontended, and its uncontended path is one atomic swap against tokio's semaphore (CPU per
-/// delivery about 3% lower at 30,000 deliveries/s, docs/benchmarks.md).
-type SharedWriter = Arc<futures_util::lock::Mutex<Writer<WriteHalf<Io>>>>;
+/// The writer, shared with the reader for pongs and for the answer to a client's close.
+struct Shared {
+    /// A `futures` lock rather than tokio's: the writer takes it for every batch, almost always
+    /// uncontended, and its uncontended path is one atomic swap against tokio's semaphore (CPU
+    /// per delivery about 3% lower at 30,000 deliveries/s, docs/benchmarks.md).
+    writer: futures_util::lock::Mutex<Writer<WriteHalf<Io>>>,
+    /// Pongs waiting for the lock. It is not fair: a writer with frames always ready would take
+    /// it back at once, so it first steps aside for them.
+    pongs_waiting: AtomicUsize,
+}
+
+impl Shared {
+    /// The writer, for a pong: counted in `pongs_waiting` until it has the lock (or gives up
+    /// waiting: dropped by its timeout).
+    async fn lock_for_pong(&self) -> futures_util::lock::MutexGuard<'_, Writer<WriteHalf<Io>>> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.pongs_waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.pongs_waiting);
+        self.writer.lock().await
+    }
+}
+
+type SharedWriter = Arc<Shared>;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
@@ -232,12 +256,18 @@ async fn await_hello(
                 return None;
             }
             Err(_) => {
-                let reply = reject(
-                    ErrorCode::Unavailable,
-                    "storage is unavailable; reconnect later",
-                );
-                socket.reply_by(deadline, reply).await;
-                socket.close(CloseCode::TryAgainLater).await;
+                // The store may have failed because the server began shutting down meanwhile.
+                let (message, close) = match state.app.hub.closing() {
+                    Some(code) => ("the server is shutting down: reconnect", code),
+                    None => (
+                        "storage is unavailable; reconnect later",
+                        CloseCode::TryAgainLater,
+                    ),
+                };
+                socket
+                    .reply_by(deadline, reject(ErrorCode::Unavailable, message))
+                    .await;
+                socket.close(close).await;
                 return None;
             }
         };
@@ -285,7 +315,10 @@ async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
     };
     let Handshaking { reader, writer } = socket;
     let heartbeat_timeout = state.app.limits.heartbeat_timeout();
-    let writer: SharedWriter = Arc::new(futures_util::lock::Mutex::new(writer));
+    let writer: SharedWriter = Arc::new(Shared {
+        writer: futures_util::lock::Mutex::new(writer),
+        pongs_waiting: AtomicUsize::new(0),
+    });
     let writing = tokio::spawn(write_frames(writer.clone(), stream, heartbeat_timeout));
     // The connection goes on in tasks of their own: this one's state machine carries everything
     // the handshake needed, which an idle connection should not hold (docs/benchmarks.md).
@@ -324,7 +357,7 @@ fn run(
                 // released once it is cancelled).
                 writing.abort();
                 let _ = timeout(CLOSE_GRACE, async {
-                    writer.lock().await.close(NORMAL_CLOSURE, "").await
+                    writer.writer.lock().await.close(NORMAL_CLOSURE, "").await
                 })
                 .await;
             }
@@ -411,7 +444,8 @@ async fn read_requests(
                     let writer = writer.clone();
                     tokio::spawn(async move {
                         let pong = async {
-                            writer.lock().await.write_control(Opcode::Pong, &payload).await
+                            let mut locked = writer.lock_for_pong().await;
+                            locked.write_control(Opcode::Pong, &payload).await
                         };
                         let _ = timeout(heartbeat_timeout, pong).await;
                     });
@@ -457,7 +491,11 @@ fn write_frames(
         let mut frames = Vec::new();
         loop {
             let next = stream.next(&mut frames).await;
-            let mut writer = writer.lock().await;
+            if writer.pongs_waiting.load(Ordering::Relaxed) > 0 {
+                // The pong was woken when this task last unlocked: let it run first.
+                tokio::task::yield_now().await;
+            }
+            let mut writer = writer.writer.lock().await;
             match next {
                 Ok(()) => {
                     // Most batches go straight into the socket buffer: arm the stall timer only for

@@ -113,6 +113,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub settings: Settings,
+    /// The node's hub, to do what a shutdown does first (`close_all`) with the server still up.
+    pub hub: natter_core::hub::Hub,
     /// Set for nodes of a cluster: the shared PostgreSQL database and Redis.
     cluster: Option<(String, String)>,
     stop: Option<oneshot::Sender<()>>,
@@ -195,6 +197,7 @@ impl TestServer {
             settings: settings.clone(),
         };
         let server = Server::build(config).await.expect("server builds");
+        let hub = server.state.app.hub.clone();
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -202,6 +205,7 @@ impl TestServer {
             let _ = stopped.await;
         }));
         TestServer {
+            hub,
             base_url: format!("http://{addr}"),
             addr,
             data_dir,

@@ -67,6 +67,25 @@ impl RawSocket {
             .expect("send");
     }
 
+    /// Sends a WebSocket ping and returns the payload of the pong that answers it; frames that
+    /// arrive meanwhile are skipped.
+    pub async fn ping(&mut self, payload: &[u8]) -> Vec<u8> {
+        self.socket
+            .send(Message::Ping(payload.to_vec().into()))
+            .await
+            .expect("send ping");
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+                .await
+                .expect("a pong within 10 s");
+            match next {
+                Some(Ok(Message::Pong(payload))) => return payload.to_vec(),
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended before the pong: {other:?}"),
+            }
+        }
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.socket
             .send(Message::Binary(bytes.into()))
