@@ -111,8 +111,7 @@ async fn every_acknowledged_message_survives_kill_9_under_load() {
 }
 
 /// A connection upgraded before the shutdown says `hello` after it: the store is closed, and
-/// the client is told the server is going away (4004, reconnect and resume), not that storage
-/// failed (1013, back off).
+/// the client is told the server is going away (4004), not that its storage failed (1013).
 #[tokio::test]
 async fn a_hello_after_the_shutdown_began_is_told_to_reconnect() {
     let mut server = TestServer::start().await;
