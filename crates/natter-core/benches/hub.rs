@@ -23,7 +23,9 @@ fn fan_out(c: &mut Criterion) {
         let outboxes: Vec<Arc<Outbox>> = (0..members)
             .map(|i| {
                 let outbox = Arc::new(Outbox::new(1024));
-                let key = hub.register(UserId(i as i64), TokenId([0; 32]), outbox.clone());
+                let key = hub
+                    .register(UserId(i as i64), TokenId([0; 32]), outbox.clone())
+                    .expect("the hub is not closing");
                 hub.subscribe(key, [RoomId(3)]);
                 outbox
             })

@@ -38,8 +38,7 @@ struct Entry {
 
 #[derive(Default)]
 struct State {
-    /// Set by `close_all`: a session registered later (its upgrade or `hello` was under way) is
-    /// closed with this code at once.
+    /// Set by `close_all`: no session registers after it.
     closing: Option<CloseCode>,
     next_key: u64,
     sessions: HashMap<SessionKey, Entry>,
@@ -92,10 +91,17 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn register(&self, user_id: UserId, token: TokenId, outbox: Arc<Outbox>) -> SessionKey {
+    /// Adds a session. Refused with the shutdown's close code once `close_all` has run: its
+    /// upgrade or `hello` was under way, and the node's store is about to close.
+    pub fn register(
+        &self,
+        user_id: UserId,
+        token: TokenId,
+        outbox: Arc<Outbox>,
+    ) -> Result<SessionKey, CloseCode> {
         let mut state = self.lock();
         if let Some(code) = state.closing {
-            outbox.close(code);
+            return Err(code);
         }
         state.next_key += 1;
         let key = SessionKey(state.next_key);
@@ -109,7 +115,7 @@ impl Hub {
             },
         );
         state.by_user.entry(user_id).or_default().insert(key);
-        key
+        Ok(key)
     }
 
     pub fn subscribe(&self, key: SessionKey, rooms: impl IntoIterator<Item = RoomId>) {
@@ -288,8 +294,7 @@ impl Hub {
         });
     }
 
-    /// Tells every session to end with `code`, and every session registered from now on
-    /// (used at shutdown).
+    /// Tells every session to end with `code`, and refuses new ones (used at shutdown).
     pub fn close_all(&self, code: CloseCode) {
         let mut state = self.lock();
         state.closing = Some(code);
@@ -332,18 +337,21 @@ mod tests {
     }
 
     #[test]
-    fn a_session_registered_after_close_all_is_closed_at_once() {
+    fn after_close_all_every_session_is_closed_and_none_registers() {
         let hub = Hub::new();
         let before = Arc::new(Outbox::new(8));
-        hub.register(UserId(1), TokenId([1; 32]), before.clone());
+        hub.register(UserId(1), TokenId([1; 32]), before.clone())
+            .unwrap();
         hub.close_all(CloseCode::ShuttingDown);
         let after = Arc::new(Outbox::new(8));
-        hub.register(UserId(2), TokenId([2; 32]), after.clone());
+        assert_eq!(
+            hub.register(UserId(2), TokenId([2; 32]), after),
+            Err(CloseCode::ShuttingDown)
+        );
         assert_eq!(hub.closing(), Some(CloseCode::ShuttingDown));
-        for outbox in [before, after] {
-            let mut items = Vec::new();
-            assert_eq!(outbox.try_take(&mut items), Err(CloseCode::ShuttingDown));
-        }
+        assert_eq!(hub.session_count(), 1);
+        let mut items = Vec::new();
+        assert_eq!(before.try_take(&mut items), Err(CloseCode::ShuttingDown));
     }
 
     #[test]
@@ -351,8 +359,12 @@ mod tests {
         let hub = Hub::new();
         let inside = Arc::new(Outbox::new(8));
         let outside = Arc::new(Outbox::new(8));
-        let a = hub.register(UserId(1), TokenId([1; 32]), inside.clone());
-        let b = hub.register(UserId(2), TokenId([2; 32]), outside.clone());
+        let a = hub
+            .register(UserId(1), TokenId([1; 32]), inside.clone())
+            .unwrap();
+        let b = hub
+            .register(UserId(2), TokenId([2; 32]), outside.clone())
+            .unwrap();
         hub.subscribe(a, [RoomId(7)]);
         hub.subscribe(b, [RoomId(8)]);
         hub.deliver(record(7, 1));
@@ -365,7 +377,9 @@ mod tests {
         let hub = Hub::new();
         let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::new(8))).collect();
         for (i, outbox) in outboxes.iter().enumerate() {
-            let key = hub.register(UserId(i as i64), TokenId([0; 32]), outbox.clone());
+            let key = hub
+                .register(UserId(i as i64), TokenId([0; 32]), outbox.clone())
+                .unwrap();
             hub.subscribe(key, [RoomId(1)]);
         }
         hub.deliver(record(1, 1));
@@ -383,7 +397,9 @@ mod tests {
     fn an_unsubscribed_session_stops_receiving_and_an_unregistered_one_is_forgotten() {
         let hub = Hub::new();
         let outbox = Arc::new(Outbox::new(8));
-        let key = hub.register(UserId(1), TokenId([1; 32]), outbox.clone());
+        let key = hub
+            .register(UserId(1), TokenId([1; 32]), outbox.clone())
+            .unwrap();
         hub.subscribe(key, [RoomId(3)]);
         hub.unsubscribe(key, RoomId(3));
         hub.deliver(record(3, 5));
@@ -397,8 +413,10 @@ mod tests {
         let hub = Hub::new();
         let phone = Arc::new(Outbox::new(8));
         let laptop = Arc::new(Outbox::new(8));
-        hub.register(UserId(1), TokenId([1; 32]), phone.clone());
-        hub.register(UserId(1), TokenId([2; 32]), laptop.clone());
+        hub.register(UserId(1), TokenId([1; 32]), phone.clone())
+            .unwrap();
+        hub.register(UserId(1), TokenId([2; 32]), laptop.clone())
+            .unwrap();
         hub.deliver(Envelope::User {
             user_id: UserId(1),
             notice: UserNotice::RoomAdded {
@@ -421,7 +439,8 @@ mod tests {
         let hub = Hub::new();
         let outboxes: Vec<_> = (0..10).map(|_| Arc::new(Outbox::new(8))).collect();
         for (n, outbox) in outboxes.iter().enumerate() {
-            hub.register(UserId(n as i64), TokenId([0; 32]), outbox.clone());
+            hub.register(UserId(n as i64), TokenId([0; 32]), outbox.clone())
+                .unwrap();
         }
         // Four slices of 250 ms: every session once a second, a quarter of them at a time.
         hub.spawn_heartbeats(std::time::Duration::from_secs(1));
@@ -450,8 +469,10 @@ mod tests {
         let hub = Hub::new();
         let revoked = Arc::new(Outbox::new(8));
         let other_device = Arc::new(Outbox::new(8));
-        hub.register(UserId(1), TokenId([1; 32]), revoked.clone());
-        hub.register(UserId(1), TokenId([2; 32]), other_device.clone());
+        hub.register(UserId(1), TokenId([1; 32]), revoked.clone())
+            .unwrap();
+        hub.register(UserId(1), TokenId([2; 32]), other_device.clone())
+            .unwrap();
         hub.deliver(Envelope::User {
             user_id: UserId(1),
             notice: UserNotice::TokenRevoked {

@@ -38,6 +38,15 @@ impl ServiceError {
     pub fn not_found(message: impl Into<String>) -> ServiceError {
         ServiceError::new(ErrorCode::NotFound, message)
     }
+
+    /// The node is shutting down: nothing starts, the client reconnects (to another node, behind
+    /// a balancer).
+    pub fn shutting_down() -> ServiceError {
+        ServiceError::new(
+            ErrorCode::Unavailable,
+            "the server is shutting down: reconnect",
+        )
+    }
 }
 
 impl From<StoreError> for ServiceError {

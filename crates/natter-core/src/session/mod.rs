@@ -157,16 +157,12 @@ impl Session {
     ) -> Result<(Session, SessionStream), ServiceError> {
         let Credentials { user, token } = credentials;
         let outbox = Arc::new(Outbox::new(app.limits.outbox_capacity));
-        let key = app.hub.register(user.info.id, token, outbox.clone());
-        // The node began shutting down while this client authenticated: its store is about to
-        // close, so read nothing more; the client reconnects (to another node, behind a balancer).
-        if app.hub.closing().is_some() {
-            app.hub.unregister(key);
-            return Err(ServiceError::new(
-                ErrorCode::Unavailable,
-                "the server is shutting down: reconnect",
-            ));
-        }
+        // Refused once the node began shutting down (while this client authenticated): its
+        // store is about to close, so nothing more is read.
+        let key = app
+            .hub
+            .register(user.info.id, token, outbox.clone())
+            .map_err(|_closing| ServiceError::shutting_down())?;
         let snapshot = async {
             // A logout between the token check and the registration found no session to
             // close, and its notice may come from another node through a broker that can drop

@@ -21,10 +21,11 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use hyper_util::rt::TokioIo;
+use natter_core::services::ServiceError;
 use natter_core::session::{Greeting, Session, SessionStream};
 use natter_protocol::frame::{ClientFrame, Request as ClientRequest, ServerFrame};
 use natter_protocol::websocket::Opcode;
-use natter_protocol::{CloseCode, ErrorCode, codec};
+use natter_protocol::{CloseCode, ErrorCode, RequestId, codec};
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -230,14 +231,9 @@ async fn await_hello(
             continue;
         };
         let reject = |code, message: &str| ServerFrame::error(Some(frame.id), code, message);
-        // After `close_all`: no session may start, and the store is about to close.
+        // After `close_all` no session may start, and the store is about to close: not read.
         if let Some(code) = state.app.hub.closing() {
-            let refusal = reject(
-                ErrorCode::Unavailable,
-                "the server is shutting down: reconnect",
-            );
-            socket.reply_by(deadline, refusal).await;
-            socket.close(code).await;
+            refuse_as_shutting_down(socket, deadline, frame.id, code).await;
             return None;
         }
         let Some(token) = token.or_else(|| cookie_token.clone()) else {
@@ -255,19 +251,18 @@ async fn await_hello(
                 socket.close(CloseCode::AuthFailed).await;
                 return None;
             }
+            // The store may have failed because the server began shutting down meanwhile.
+            Err(_) if let Some(code) = state.app.hub.closing() => {
+                refuse_as_shutting_down(socket, deadline, frame.id, code).await;
+                return None;
+            }
             Err(_) => {
-                // The store may have failed because the server began shutting down meanwhile.
-                let (message, close) = match state.app.hub.closing() {
-                    Some(code) => ("the server is shutting down: reconnect", code),
-                    None => (
-                        "storage is unavailable; reconnect later",
-                        CloseCode::TryAgainLater,
-                    ),
-                };
-                socket
-                    .reply_by(deadline, reject(ErrorCode::Unavailable, message))
-                    .await;
-                socket.close(close).await;
+                let reply = reject(
+                    ErrorCode::Unavailable,
+                    "storage is unavailable; reconnect later",
+                );
+                socket.reply_by(deadline, reply).await;
+                socket.close(CloseCode::TryAgainLater).await;
                 return None;
             }
         };
@@ -300,6 +295,23 @@ async fn await_hello(
             }
         }
     }
+}
+
+/// Answers a `hello` that came as the server shuts down, and closes with the shutdown's `code`.
+async fn refuse_as_shutting_down(
+    socket: &mut Handshaking,
+    deadline: Instant,
+    id: RequestId,
+    code: CloseCode,
+) {
+    let error = ServiceError::shutting_down();
+    socket
+        .reply_by(
+            deadline,
+            ServerFrame::error(Some(id), error.code, &error.message),
+        )
+        .await;
+    socket.close(code).await;
 }
 
 async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
