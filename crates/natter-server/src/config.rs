@@ -73,6 +73,34 @@ pub struct Settings {
     /// How long a login lasts.
     pub token_ttl_days: u32,
     pub limits: Limits,
+    pub sqlite: SqliteSettings,
+}
+
+/// The `[sqlite]` table: tuning of the embedded store (ignored on PostgreSQL).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteSettings {
+    /// How long, in milliseconds, the writer may wait for more sends before a commit, when
+    /// sends come faster than one per this long: each commit then serves several sends, for up
+    /// to this much more latency. 0 never waits.
+    pub commit_delay_ms: f64,
+}
+
+/// A commit delay beyond this is a mistake: a send's acknowledgement would wait on it.
+const MAX_COMMIT_DELAY_MS: f64 = 50.0;
+
+impl Default for SqliteSettings {
+    fn default() -> Self {
+        SqliteSettings {
+            commit_delay_ms: crate::store::sqlite::DEFAULT_COMMIT_DELAY.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+impl SqliteSettings {
+    pub fn commit_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.commit_delay_ms / 1000.0)
+    }
 }
 
 impl Default for Settings {
@@ -83,6 +111,7 @@ impl Default for Settings {
             cookie_secure: false,
             token_ttl_days: 30,
             limits: Limits::default(),
+            sqlite: SqliteSettings::default(),
         }
     }
 }
@@ -136,6 +165,12 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        // `contains` is false for NaN as well.
+        if !(0.0..=MAX_COMMIT_DELAY_MS).contains(&self.sqlite.commit_delay_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "sqlite.commit_delay_ms must be between 0 and {MAX_COMMIT_DELAY_MS}"
+            )));
+        }
         if self.token_ttl_days == 0 {
             return Err(ConfigError::Invalid(
                 "token_ttl_days must be at least 1".into(),
@@ -218,6 +253,25 @@ mod tests {
         assert_eq!(settings.limits.max_message_bytes, 100);
         let error = settings.validate().unwrap_err().to_string();
         assert!(error.contains("rate_per_sec"), "{error}");
+    }
+
+    #[test]
+    fn the_sqlite_commit_delay_is_read_in_milliseconds_and_bounded() {
+        let settings: Settings = toml::from_str("[sqlite]\ncommit_delay_ms = 0.5").unwrap();
+        assert_eq!(
+            settings.sqlite.commit_delay(),
+            std::time::Duration::from_micros(500)
+        );
+        assert_eq!(
+            Settings::default().sqlite.commit_delay(),
+            crate::store::sqlite::DEFAULT_COMMIT_DELAY
+        );
+        for bad in ["-1", "51", "nan"] {
+            let settings: Settings =
+                toml::from_str(&format!("[sqlite]\ncommit_delay_ms = {bad}")).unwrap();
+            let error = settings.validate().unwrap_err().to_string();
+            assert!(error.contains("commit_delay_ms"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -86,7 +86,10 @@ impl Server {
                         source,
                     })?;
                 }
-                Arc::new(SqliteStore::open(path)?)
+                Arc::new(SqliteStore::open_with_commit_delay(
+                    path,
+                    config.settings.sqlite.commit_delay(),
+                )?)
             }
             Database::Postgres(url) => {
                 let store = PostgresStore::connect(url).await?;

@@ -3,6 +3,7 @@
 //! Both stores keep the same tables and read them with the same SQL where the dialects agree;
 //! the shared pieces live here.
 
+mod commit_window;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;

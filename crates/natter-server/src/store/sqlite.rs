@@ -11,6 +11,7 @@
 //! ([`Readers`]); WAL lets them proceed while the writer commits, each seeing a consistent
 //! snapshot.
 
+use super::commit_window::CommitWindow;
 use super::schema::MIGRATIONS;
 use super::{
     EventColumns, Listener, NewMessage, dm_key, event_select, kind_str, message_select, parse_kind,
@@ -29,10 +30,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Jobs committed together at most; bounds the latency one commit adds to the first job.
 const MAX_GROUP: usize = 512;
+/// How long the writer may hold a group open for more sends, when they come that fast.
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
 /// Reader threads, each with its own connection; reads beyond them wait in the queue.
 const READERS: usize = 8;
 
@@ -170,12 +174,21 @@ fn run_migrations(conn: &mut Connection, applied: usize) -> rusqlite::Result<()>
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with_commit_delay(path, DEFAULT_COMMIT_DELAY)
+    }
+
+    /// `open`, with the writer waiting up to `commit_delay` for more sends before a commit
+    /// ([`CommitWindow`]; zero: never).
+    pub fn open_with_commit_delay(
+        path: &Path,
+        commit_delay: Duration,
+    ) -> Result<SqliteStore, StoreError> {
         let mut conn = open_connection(path).map_err(unavailable)?;
         migrate(&mut conn).map_err(unavailable)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, queue))
+            .spawn(move || run_writer(conn, queue, commit_delay))
             .map_err(unavailable)?;
         let store = SqliteStore {
             jobs: Mutex::new(Some(jobs)),
@@ -447,17 +460,30 @@ fn run_without_wakeup_preemption() -> std::io::Result<()> {
     Ok(())
 }
 
-fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>) {
+fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, commit_delay: Duration) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_GROUP);
-    while let Ok(first) = queue.recv() {
-        group.push(first);
+    let mut window = CommitWindow::new(commit_delay);
+    let take_ready = |group: &mut Vec<Job>| {
         while group.len() < MAX_GROUP {
             match queue.try_recv() {
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
         }
+    };
+    while let Ok(first) = queue.recv() {
+        group.push(first);
+        take_ready(&mut group);
+        if let Some(deadline) = window.open(Instant::now(), group.len()) {
+            let next = queue.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+            window.waited(next.is_ok());
+            if let Ok(job) = next {
+                group.push(job);
+                take_ready(&mut group);
+            }
+        }
+        window.closed(group.len());
         if let Err(error) = conn.execute_cached("BEGIN IMMEDIATE", []) {
             tracing::error!(%error, "cannot begin a write transaction");
             for job in group.drain(..) {
@@ -1693,5 +1719,91 @@ mod isolation_tests {
         assert!(before.is_ok() && after.is_ok());
         assert_eq!(usernames(&store).await, ["after", "before"]);
         store.health().await.expect("the store goes on");
+    }
+}
+
+#[cfg(test)]
+mod commit_window_tests {
+    use super::{SqliteStore, db};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// The longest delay the config allows, so that groups are held open as long as possible.
+    const HELD: Duration = Duration::from_millis(50);
+
+    fn add_user(
+        store: &SqliteStore,
+        name: String,
+    ) -> impl Future<Output = Result<(), natter_core::ports::store::StoreError>> + '_ {
+        store.write(move |conn| {
+            db(conn.execute(
+                "INSERT INTO users (username, display_name, password_hash, is_admin, created_at)
+                 VALUES (?1, ?1, 'x', 0, 0)",
+                [&name],
+            ))
+            .map(|_| ())
+        })
+    }
+
+    async fn user_count(store: &SqliteStore) -> i64 {
+        store
+            .read(|conn| db(conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))))
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn writes_held_for_more_sends_are_each_committed_once_whether_sent_together_or_one_by_one()
+     {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store =
+            SqliteStore::open_with_commit_delay(&dir.path().join("natter.db"), HELD).expect("open");
+        // Together: the writer learns that writes come fast, and holds groups open for more.
+        let together: Vec<_> = (0..200)
+            .map(|n| add_user(&store, format!("t{n}")))
+            .collect();
+        for result in futures_util::future::join_all(together).await {
+            result.expect("stored");
+        }
+        // One by one, each waiting for its answer: a held group would wait for a write that
+        // comes only after it; the writer stops holding, and every write is still answered.
+        for n in 0..20 {
+            add_user(&store, format!("s{n}")).await.expect("stored");
+        }
+        assert_eq!(user_count(&store).await, 220);
+    }
+
+    #[tokio::test]
+    async fn a_store_shut_while_a_group_is_held_commits_it_and_answers_every_write() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(
+            SqliteStore::open_with_commit_delay(&dir.path().join("natter.db"), HELD).expect("open"),
+        );
+        // Writes 10 ms apart, each sent before the last is answered: the writer holds each
+        // group open for the next (for up to two gaps, 20 ms), and is holding one at the shut.
+        let mut writes = Vec::new();
+        for n in 0..12 {
+            let store = store.clone();
+            writes.push(tokio::spawn(async move {
+                add_user(&store, format!("u{n}")).await.is_ok()
+            }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::task::yield_now().await;
+        let shutting = store.clone();
+        tokio::task::spawn_blocking(move || shutting.shut())
+            .await
+            .expect("shut");
+        let mut acknowledged = 0;
+        for write in writes {
+            acknowledged += i64::from(write.await.expect("answered"));
+        }
+        assert_eq!(
+            acknowledged, 12,
+            "every write queued before the shut is committed"
+        );
+        drop(store);
+        let reopened = SqliteStore::open(&dir.path().join("natter.db")).expect("reopen");
+        assert_eq!(user_count(&reopened).await, acknowledged);
     }
 }
