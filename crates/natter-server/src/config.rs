@@ -80,9 +80,9 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SqliteSettings {
-    /// How long, in milliseconds, the writer may wait for more sends before a commit, when
-    /// sends come faster than one per this long: each commit then serves several sends, for up
-    /// to this much more latency. 0 never waits.
+    /// How long, in milliseconds, the writer may wait for one more write before a commit, when
+    /// writes come faster than one per this long: each commit then serves several, for up to
+    /// this much more latency. 0 never waits.
     pub commit_delay_ms: f64,
 }
 
@@ -98,6 +98,7 @@ impl Default for SqliteSettings {
 }
 
 impl SqliteSettings {
+    /// For settings that passed `Settings::validate` (a negative or infinite delay panics).
     pub fn commit_delay(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.commit_delay_ms / 1000.0)
     }
@@ -266,7 +267,12 @@ mod tests {
             Settings::default().sqlite.commit_delay(),
             crate::store::sqlite::DEFAULT_COMMIT_DELAY
         );
-        for bad in ["-1", "51", "nan"] {
+        for good in ["0", "50"] {
+            let settings: Settings =
+                toml::from_str(&format!("[sqlite]\ncommit_delay_ms = {good}")).unwrap();
+            assert!(settings.validate().is_ok(), "{good}");
+        }
+        for bad in ["-1", "51", "nan", "inf"] {
             let settings: Settings =
                 toml::from_str(&format!("[sqlite]\ncommit_delay_ms = {bad}")).unwrap();
             let error = settings.validate().unwrap_err().to_string();

@@ -1,7 +1,8 @@
 //! The SQLite `Store`: one file in the data directory, nothing to install.
 //!
 //! Writes go to one writer thread that owns the only write connection and commits in groups:
-//! it takes every job queued while the previous commit ran, applies each inside its own
+//! it takes every job queued while the previous commit ran (and, when writes come fast, may wait
+//! a moment for one more: [`CommitWindow`]), applies each inside its own
 //! savepoint (a failing job rolls back alone; a send checks everything before it writes, so it
 //! needs none: [`Isolation`]), and commits them with one fsync
 //! (`synchronous=FULL`, WAL). Each caller hears back only after that commit. This is how
@@ -35,7 +36,7 @@ use tokio::sync::oneshot;
 
 /// Jobs committed together at most; bounds the latency one commit adds to the first job.
 const MAX_GROUP: usize = 512;
-/// How long the writer may hold a group open for more sends, when they come that fast.
+/// How long the writer may hold a group open for one more write, when writes come that fast.
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
 /// Reader threads, each with its own connection; reads beyond them wait in the queue.
 const READERS: usize = 8;
@@ -1753,20 +1754,19 @@ mod commit_window_tests {
     }
 
     #[tokio::test]
-    async fn writes_held_for_more_sends_are_each_committed_once_whether_sent_together_or_one_by_one()
-     {
+    async fn with_a_long_commit_delay_writes_sent_together_or_one_by_one_are_all_committed_once() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
             SqliteStore::open_with_commit_delay(&dir.path().join("natter.db"), HELD).expect("open");
-        // Together: the writer learns that writes come fast, and holds groups open for more.
+        // Together: groups of eight or more, which commit at once.
         let together: Vec<_> = (0..200)
             .map(|n| add_user(&store, format!("t{n}")))
             .collect();
         for result in futures_util::future::join_all(together).await {
             result.expect("stored");
         }
-        // One by one, each waiting for its answer: a held group would wait for a write that
-        // comes only after it; the writer stops holding, and every write is still answered.
+        // One by one, each waiting for its answer: a held group waits for a write that comes
+        // only after it, until the wait's deadline.
         for n in 0..20 {
             add_user(&store, format!("s{n}")).await.expect("stored");
         }
@@ -1789,7 +1789,6 @@ mod commit_window_tests {
             }));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::task::yield_now().await;
         let shutting = store.clone();
         tokio::task::spawn_blocking(move || shutting.shut())
             .await
