@@ -1665,7 +1665,7 @@ mod isolation_tests {
             .expect("rows")
     }
 
-    fn insert_user(conn: &rusqlite::Connection, name: &str) -> Result<(), StoreError> {
+    pub(super) fn insert_user(conn: &rusqlite::Connection, name: &str) -> Result<(), StoreError> {
         db(conn.execute(
             "INSERT INTO users (username, display_name, password_hash, is_admin, created_at)
              VALUES (?1, ?1, 'x', 0, 0)",
@@ -1725,6 +1725,7 @@ mod isolation_tests {
 
 #[cfg(test)]
 mod commit_window_tests {
+    use super::isolation_tests::insert_user;
     use super::{SqliteStore, db};
     use std::sync::Arc;
     use std::time::Duration;
@@ -1736,14 +1737,7 @@ mod commit_window_tests {
         store: &SqliteStore,
         name: String,
     ) -> impl Future<Output = Result<(), natter_core::ports::store::StoreError>> + '_ {
-        store.write(move |conn| {
-            db(conn.execute(
-                "INSERT INTO users (username, display_name, password_hash, is_admin, created_at)
-                 VALUES (?1, ?1, 'x', 0, 0)",
-                [&name],
-            ))
-            .map(|_| ())
-        })
+        store.write(move |conn| insert_user(conn, &name))
     }
 
     async fn user_count(store: &SqliteStore) -> i64 {

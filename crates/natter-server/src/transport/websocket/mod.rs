@@ -279,16 +279,20 @@ async fn await_hello(
                 tracing::debug!(%user_id, "session started");
                 return Some(Hello { session, stream });
             }
+            // The server began shutting down meanwhile: the hub refused the session.
+            Err(_) if let Some(code) = state.app.hub.closing() => {
+                refuse_as_shutting_down(socket, deadline, frame.id, code).await;
+                return None;
+            }
             Err(error) => {
                 socket
                     .reply_by(deadline, reject(error.code, &error.message))
                     .await;
-                // Its token was revoked while the session started (`Session::start`), or the
-                // server began shutting down meanwhile.
+                // Its token was revoked while the session started (`Session::start`).
                 let close = if error.code == ErrorCode::AuthFailed {
                     CloseCode::Revoked
                 } else {
-                    state.app.hub.closing().unwrap_or(CloseCode::TryAgainLater)
+                    CloseCode::TryAgainLater
                 };
                 socket.close(close).await;
                 return None;
