@@ -180,4 +180,43 @@ mod tests {
         };
         assert_eq!(decode_client_frame(&encode(&frame)).unwrap(), frame);
     }
+
+    #[test]
+    fn an_event_frame_by_reference_encodes_as_the_server_frame_it_stands_for() {
+        use crate::{ClientMsgId, EventFrame, Message, MessageId, RoomEvent, RoomId, RoomSeq};
+        use crate::{UserId, UserInfo};
+        let event = RoomEvent::MessageCreated {
+            message: Message {
+                id: MessageId(7),
+                room_id: RoomId(2),
+                seq: RoomSeq(41),
+                author: UserInfo {
+                    id: UserId(3),
+                    username: "ada".into(),
+                    display_name: "Ada \"the first\" L.".into(),
+                },
+                client_msg_id: ClientMsgId("1733230000000-x1".into()),
+                body: "hello\nworld ✓".into(),
+                created_at: 1_733_230_000_000,
+                edited_at: None,
+                deleted: false,
+            },
+        };
+        let by_reference = encode(&EventFrame {
+            room_id: RoomId(2),
+            seq: RoomSeq(41),
+            at: 1_733_230_000_000,
+            actor: UserId(3),
+            event: &event,
+        });
+        let owned = ServerFrame::Event {
+            room_id: RoomId(2),
+            seq: RoomSeq(41),
+            at: 1_733_230_000_000,
+            actor: UserId(3),
+            event,
+        };
+        assert_eq!(by_reference, encode(&owned));
+        assert_eq!(decode_server_frame(&by_reference).unwrap(), owned);
+    }
 }

@@ -167,6 +167,19 @@ pub struct Limits {
     pub typing_timeout_ms: u64,
 }
 
+/// `ServerFrame::Event` by reference, for encoding: a node encodes each committed event once for
+/// all its sessions, and this spares it a copy of the event (the message's text and names) to
+/// do so. It serializes to the same JSON as the `ServerFrame` it stands for.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "event")]
+pub struct EventFrame<'a> {
+    pub room_id: RoomId,
+    pub seq: RoomSeq,
+    pub at: i64,
+    pub actor: UserId,
+    pub event: &'a RoomEvent,
+}
+
 /// Everything a server sends. The JSON `type` field names the variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

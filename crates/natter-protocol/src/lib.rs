@@ -26,7 +26,7 @@ pub use event::{
     Message, PresenceInfo, PresenceStatus, Role, RoomEvent, RoomInfo, RoomKind, UserInfo,
     Visibility,
 };
-pub use frame::{ClientFrame, Request, ServerFrame};
+pub use frame::{ClientFrame, EventFrame, Request, ServerFrame};
 pub use ids::{ClientMsgId, MessageId, RequestId, RoomId, RoomSeq, UserId};
 
 /// The protocol version a server announces in its `welcome`; bumped on an incompatible change.

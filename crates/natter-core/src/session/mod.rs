@@ -19,7 +19,7 @@ use crate::App;
 use crate::hub::SessionKey;
 use crate::ports::store::{EventRecord, StoreError, TokenId, UserRecord};
 use crate::services::{ServiceError, liveness, messages, rooms};
-use natter_protocol::frame::{ClientFrame, Request, ServerFrame};
+use natter_protocol::frame::{ClientFrame, EventFrame, Request, ServerFrame};
 use natter_protocol::{
     ErrorCode, PROTOCOL_VERSION, PresenceInfo, PresenceStatus, RequestId, RoomId, RoomSeq, UserId,
     codec,
@@ -33,12 +33,12 @@ pub use stream::SessionStream;
 
 /// The one place a committed event becomes wire bytes.
 pub(crate) fn encode_event(record: &EventRecord) -> Arc<str> {
-    Arc::from(codec::encode(&ServerFrame::Event {
+    Arc::from(codec::encode(&EventFrame {
         room_id: record.room_id,
         seq: record.seq,
         at: record.at,
         actor: record.actor,
-        event: record.event.clone(),
+        event: &record.event,
     }))
 }
 
