@@ -708,6 +708,24 @@ fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
     Ok(RoomSeq(seq))
 }
 
+/// `next_seq` for a caller that has just read the room's `last_seq` in this transaction (a
+/// send's checks): one statement instead of two. Should the sequence have moved since that
+/// reading, the update changes nothing and the send fails before its first write, rather than
+/// take a number twice.
+fn advance_seq(conn: &Connection, room_id: RoomId, read: RoomSeq) -> Result<RoomSeq, StoreError> {
+    let next = RoomSeq(read.0 + 1);
+    let advanced = db(conn.execute_cached(
+        "UPDATE rooms SET last_seq = ?2 WHERE id = ?1 AND last_seq = ?3",
+        params![room_id.0, next.0, read.0],
+    ))?;
+    if advanced == 0 {
+        return Err(StoreError::Unavailable(
+            "the room's sequence moved during a send".into(),
+        ));
+    }
+    Ok(next)
+}
+
 /// What one event row points at.
 struct EventRow<'a> {
     kind: &'a str,
@@ -852,11 +870,18 @@ fn apply_change(
             // Everything a send checks, in one query (the hot path of every send): the room, an
             // earlier send with this id (a retry), the author's membership and how the author is
             // shown. Checked in that order, as PostgreSQL does, and all before the first write
-            // (`ChecksFirst`).
-            type Checks = (Option<i64>, Option<i64>, Option<String>, String, String);
+            // (`ChecksFirst`). It also reads the room's sequence, which the send then advances.
+            type Checks = (
+                Option<i64>,
+                Option<i64>,
+                Option<String>,
+                String,
+                String,
+                u64,
+            );
             let found: Option<Checks> = db(conn
                 .query_row_cached(
-                    "SELECT prior.room_id, prior.seq, m.role, u.username, u.display_name
+                    "SELECT prior.room_id, prior.seq, m.role, u.username, u.display_name, r.last_seq
                      FROM users u
                      LEFT JOIN messages prior ON prior.client_msg_id = ?3 AND prior.author_id = u.id
                      LEFT JOIN rooms r ON r.id = ?1
@@ -870,11 +895,13 @@ fn apply_change(
                             row.get(2)?,
                             row.get(3)?,
                             row.get(4)?,
+                            row.get(5)?,
                         ))
                     },
                 )
                 .optional())?;
-            let Some((first_room, first_seq, role, username, display_name)) = found else {
+            let Some((first_room, first_seq, role, username, display_name, last_seq)) = found
+            else {
                 return Err(StoreError::NotFound("room"));
             };
             if let (Some(first_room), Some(first_seq)) = (first_room, first_seq) {
@@ -896,7 +923,7 @@ fn apply_change(
             if role.is_none() {
                 return Err(StoreError::Forbidden("you are not a member of this room"));
             }
-            let seq = next_seq(conn, room_id)?;
+            let seq = advance_seq(conn, room_id, RoomSeq(last_seq))?;
             db(conn.execute_cached(
                 "INSERT INTO messages (room_id, seq, author_id, client_msg_id, body, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
