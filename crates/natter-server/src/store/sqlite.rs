@@ -1578,6 +1578,38 @@ mod statement_tests {
             assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
         }
     }
+
+    /// A send advances its room from the `last_seq` its checks read. A stale reading must fail
+    /// the send and leave the sequence alone, never hand out a number twice.
+    #[test]
+    fn a_stale_sequence_reading_takes_no_number() {
+        use natter_protocol::{RoomId, RoomSeq};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut conn = super::open_connection(&dir.path().join("s.db")).expect("open");
+        super::migrate(&mut conn).expect("migrate");
+        conn.execute(
+            "INSERT INTO rooms (kind, name, topic, last_seq, created_at)
+             VALUES ('public', 'general', '', 5, 0)",
+            [],
+        )
+        .expect("room");
+        let room = RoomId(conn.last_insert_rowid());
+        let last_seq = |conn: &rusqlite::Connection| -> u64 {
+            conn.query_row("SELECT last_seq FROM rooms WHERE id = ?1", [room.0], |r| {
+                r.get(0)
+            })
+            .expect("last_seq")
+        };
+        assert_eq!(
+            super::advance_seq(&conn, room, RoomSeq(5)).ok(),
+            Some(RoomSeq(6))
+        );
+        assert_eq!(last_seq(&conn), 6);
+        assert!(super::advance_seq(&conn, room, RoomSeq(5)).is_err());
+        assert_eq!(last_seq(&conn), 6);
+        assert_eq!(super::next_seq(&conn, room).ok(), Some(RoomSeq(7)));
+        assert!(super::next_seq(&conn, RoomId(room.0 + 1)).is_err());
+    }
 }
 
 #[cfg(test)]
