@@ -686,12 +686,13 @@ fn db<T>(result: rusqlite::Result<T>) -> Result<T, StoreError> {
 }
 
 /// Advances the room's sequence: the heart of "gapless, per room, assigned in the transaction
-/// that stores the change". A job that fails after this rolls back to its savepoint, taking the
-/// number back; a send without one takes its whole group back with it (`Isolation::ChecksFirst`).
+/// that stores the change". For every change but a send (which uses `advance_seq`): a job that
+/// fails after this rolls back to its savepoint, taking the number back.
 ///
 /// Two statements, not `UPDATE … RETURNING`: SQLite runs a `RETURNING` through a temporary
-/// table, which made this the dearest statement of a send (docs/benchmarks.md, "An eighth
-/// machine"). Both run inside the writer's transaction, so nothing comes between them.
+/// table, which made it the dearest statement of a send before sends had `advance_seq`
+/// (docs/benchmarks.md, "An eighth machine"). Both run inside the writer's transaction, so
+/// nothing comes between them.
 fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
     let advanced = db(conn.execute_cached(
         "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1",
@@ -708,10 +709,12 @@ fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
     Ok(RoomSeq(seq))
 }
 
-/// `next_seq` for a caller that has just read the room's `last_seq` in this transaction (a
-/// send's checks): one statement instead of two. Should the sequence have moved since that
-/// reading, the update changes nothing and the send fails before its first write, rather than
-/// take a number twice.
+/// `next_seq` for a send, whose checks have just read the room's `last_seq` in this job: one
+/// statement instead of two. Nothing can move the sequence between the two on the one writer
+/// connection (an earlier job of the group, committed or rolled back to its savepoint, is what
+/// the checks read), so the `last_seq = ?3` condition is a guard: were it ever false, the send
+/// would fail before its first write (`Isolation::ChecksFirst`) rather than take a number twice.
+/// A failure after this poisons the send's whole group, which takes the number back.
 fn advance_seq(conn: &Connection, room_id: RoomId, read: RoomSeq) -> Result<RoomSeq, StoreError> {
     let next = RoomSeq(read.0 + 1);
     let advanced = db(conn.execute_cached(
