@@ -686,35 +686,30 @@ fn db<T>(result: rusqlite::Result<T>) -> Result<T, StoreError> {
 }
 
 /// Advances the room's sequence: the heart of "gapless, per room, assigned in the transaction
-/// that stores the change". For every change but a send (which uses `advance_seq`): a job that
-/// fails after this rolls back to its savepoint, taking the number back.
-///
-/// Two statements, not `UPDATE … RETURNING`: SQLite runs a `RETURNING` through a temporary
-/// table, which made it the dearest statement of a send before sends had `advance_seq`
-/// (docs/benchmarks.md, "An eighth machine"). Both run inside the writer's transaction, so
-/// nothing comes between them.
+/// that stores the change". For every change but a send (whose checks read `last_seq` already
+/// and call `advance_seq` directly): a job that fails after this rolls back to its savepoint,
+/// taking the number back.
 fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
-    let advanced = db(conn.execute_cached(
-        "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1",
-        [room_id.0],
-    ))?;
-    if advanced == 0 {
-        return Err(StoreError::NotFound("room"));
-    }
-    let seq: u64 = db(conn.query_row_cached(
-        "SELECT last_seq FROM rooms WHERE id = ?1",
-        [room_id.0],
-        |row| row.get(0),
-    ))?;
-    Ok(RoomSeq(seq))
+    let read: Option<u64> = db(conn
+        .query_row_cached(
+            "SELECT last_seq FROM rooms WHERE id = ?1",
+            [room_id.0],
+            |row| row.get(0),
+        )
+        .optional())?;
+    let read = read.ok_or(StoreError::NotFound("room"))?;
+    advance_seq(conn, room_id, RoomSeq(read))
 }
 
-/// `next_seq` for a send, whose checks have just read the room's `last_seq` in this job: one
-/// statement instead of two. Nothing can move the sequence between the two on the one writer
-/// connection (an earlier job of the group, committed or rolled back to its savepoint, is what
-/// the checks read), so the `last_seq = ?3` condition is a guard: were it ever false, the send
-/// would fail before its first write (`Isolation::ChecksFirst`) rather than take a number twice.
-/// A failure after this poisons the send's whole group, which takes the number back.
+/// The one statement that moves a room's sequence, from a `last_seq` read earlier in the same
+/// job. Not `UPDATE … RETURNING`: SQLite runs a `RETURNING` through a temporary table, which
+/// made it the dearest statement of a send (docs/benchmarks.md, "An eighth machine").
+///
+/// Nothing can move the sequence between the reading and this on the one writer connection (an
+/// earlier job of the group, committed or rolled back to its savepoint, is what the reading
+/// saw), so the `last_seq = ?3` condition is a guard: were it ever false, the job would fail
+/// before writing (a send: `Isolation::ChecksFirst`) rather than take a number twice. A send
+/// that fails after this poisons its whole group, which takes the number back.
 fn advance_seq(conn: &Connection, room_id: RoomId, read: RoomSeq) -> Result<RoomSeq, StoreError> {
     let next = RoomSeq(read.0 + 1);
     let advanced = db(conn.execute_cached(
@@ -723,7 +718,7 @@ fn advance_seq(conn: &Connection, room_id: RoomId, read: RoomSeq) -> Result<Room
     ))?;
     if advanced == 0 {
         return Err(StoreError::Unavailable(
-            "the room's sequence moved during a send".into(),
+            "the room's sequence moved during a change".into(),
         ));
     }
     Ok(next)
