@@ -245,6 +245,14 @@ impl SessionStream {
         }
     }
 
+    /// Appends to `out` whatever became ready since `next` returned, without waiting. A writer
+    /// that expects a reply any moment (its request is being answered) takes it so, into the
+    /// batch it is about to write.
+    pub async fn more(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Closed> {
+        self.outbox.try_take(&mut self.items)?;
+        self.apply_items(out).await
+    }
+
     fn schedule(&mut self, room_id: RoomId) {
         if !self.catch_up.contains(&room_id) {
             self.catch_up.push_back(room_id);

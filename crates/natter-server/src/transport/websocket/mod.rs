@@ -52,6 +52,12 @@ struct Shared {
     /// Pongs waiting for the lock. It is not fair: a writer with frames always ready would take
     /// it back at once, so it first steps aside for them.
     pongs_waiting: AtomicUsize,
+    /// Requests the reader has in flight. A send's echo (its own `event`) reaches the outbox
+    /// from the commit just before the send's `sent` reply does, so a writer woken by the echo
+    /// while a request is in flight lets the reader run first and writes both in one `writev`:
+    /// at a steady 10,000 sends/s that was two writes per send, each a trip through loopback TCP
+    /// (docs/benchmarks.md).
+    requests_in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -334,6 +340,7 @@ async fn serve(io: Io, state: ServerState, cookie_token: Option<String>) {
     let writer: SharedWriter = Arc::new(Shared {
         writer: futures_util::lock::Mutex::new(writer),
         pongs_waiting: AtomicUsize::new(0),
+        requests_in_flight: AtomicUsize::new(0),
     });
     let writing = tokio::spawn(write_frames(writer.clone(), stream, heartbeat_timeout));
     // The connection goes on in tasks of their own: this one's state machine carries everything
@@ -426,6 +433,7 @@ async fn read_requests(
     let mut parked: Option<Box<ClientFrame>> = None;
     loop {
         let running = in_flight.as_ref().map_or(0, FuturesOrdered::len);
+        writer.requests_in_flight.store(running, Ordering::Relaxed);
         let may_read = parked.is_none() && !alone && running < max_in_flight;
         tokio::select! {
             _ = &mut *writing => return ReadEnd::WriterDone,
@@ -506,8 +514,12 @@ fn write_frames(
     async move {
         let mut frames = Vec::new();
         loop {
-            let next = stream.next(&mut frames).await;
-            if writer.pongs_waiting.load(Ordering::Relaxed) > 0 {
+            let mut next = stream.next(&mut frames).await;
+            if next.is_ok() && writer.requests_in_flight.load(Ordering::Relaxed) > 0 {
+                // A reply may be a moment behind: the tasks already woken run first.
+                tokio::task::yield_now().await;
+                next = stream.more(&mut frames).await;
+            } else if writer.pongs_waiting.load(Ordering::Relaxed) > 0 {
                 // The pong was woken when this task last unlocked: let it run first.
                 tokio::task::yield_now().await;
             }
