@@ -245,10 +245,12 @@ impl SessionStream {
         }
     }
 
-    /// Appends to `out` whatever became ready since `next` returned, without waiting. A writer
-    /// that expects a reply any moment (its request is being answered) takes it so, into the
-    /// batch it is about to write.
-    pub async fn more(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Closed> {
+    /// Appends to `out` what was queued since `next` returned, without waiting for more to come
+    /// (it may still read the store, as `next` does, for a notice or a resync). Only after
+    /// `next`, which writes the greeting first. A writer that expects a reply any moment takes it
+    /// so into the batch it is about to write. An `Err` leaves what `out` holds: those frames
+    /// left the outbox and go out before the close.
+    pub async fn take_ready(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Closed> {
         self.outbox.try_take(&mut self.items)?;
         self.apply_items(out).await
     }

@@ -483,3 +483,93 @@ async fn a_stream_started_while_the_server_shuts_down_is_told_to_reconnect() {
         "got {text:?}"
     );
 }
+
+/// `SessionStream::take_ready`, which the WebSocket writer calls after a yield so that a send's
+/// reply joins the batch that carries its echo. Below the transports, with the real store: the
+/// batching itself has no outcome a client could tell apart, but these two promises do.
+mod taking_ready_frames {
+    use natter_core::ports::store::TokenId;
+    use natter_core::session::{Credentials, Greeting, Session, SessionStream};
+    use natter_core::{App, Limits};
+    use natter_protocol::frame::ServerFrame;
+    use natter_protocol::{CloseCode, RequestId};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A started session whose greeting the stream has already yielded.
+    async fn started() -> (tempfile::TempDir, Session, SessionStream) {
+        let (dir, store) = crate::support::sqlite_store();
+        let user = store
+            .create_user("ana", "Ana", "hash", false)
+            .await
+            .unwrap();
+        let token = TokenId([7; 32]);
+        let expires = natter_core::now_ms() + 3_600_000;
+        store
+            .insert_token(token, user.info.id, expires)
+            .await
+            .unwrap();
+        let app = App::single_node(store, Limits::default());
+        let credentials = Credentials::check(&app, token).await.unwrap().unwrap();
+        let greeting = Greeting::Welcome(RequestId(1));
+        let (session, mut stream) = Session::start(app, credentials, greeting, BTreeMap::new())
+            .await
+            .unwrap();
+        let mut greeted = Vec::new();
+        stream.next(&mut greeted).await.unwrap();
+        assert!(greeted[0].contains(r#""type":"welcome""#), "{greeted:?}");
+        (dir, session, stream)
+    }
+
+    fn pong(id: u64) -> ServerFrame {
+        ServerFrame::Pong { id: RequestId(id) }
+    }
+
+    /// The batch `next` yields once a reply (`pong` 2) is queued.
+    async fn next_with_one_reply(session: &Session, stream: &mut SessionStream) -> Vec<Arc<str>> {
+        let mut batch = Vec::new();
+        session.queue(&pong(2));
+        stream.next(&mut batch).await.unwrap();
+        batch
+    }
+
+    fn texts(batch: &[Arc<str>]) -> Vec<&str> {
+        batch.iter().map(|frame| &**frame).collect()
+    }
+
+    /// Fails the test instead of hanging it: `take_ready` must not wait for frames to come.
+    const AT_ONCE: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn what_was_queued_after_next_joins_the_batch_in_order_and_nothing_is_awaited() {
+        let (_dir, session, mut stream) = started().await;
+        let mut batch = next_with_one_reply(&session, &mut stream).await;
+        session.queue(&pong(3));
+        session.queue(&pong(4));
+        let taken = tokio::time::timeout(AT_ONCE, stream.take_ready(&mut batch)).await;
+        assert_eq!(taken.expect("take_ready waited"), Ok(()));
+        assert_eq!(
+            texts(&batch),
+            [
+                r#"{"type":"pong","id":2}"#,
+                r#"{"type":"pong","id":3}"#,
+                r#"{"type":"pong","id":4}"#
+            ]
+        );
+        // Nothing more is queued: it returns at once and adds nothing.
+        let taken = tokio::time::timeout(AT_ONCE, stream.take_ready(&mut batch)).await;
+        assert_eq!(taken.expect("take_ready waited for a frame"), Ok(()));
+        assert_eq!(batch.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_close_found_by_take_ready_leaves_the_frames_already_taken_to_be_written() {
+        let (_dir, session, mut stream) = started().await;
+        let mut batch = next_with_one_reply(&session, &mut stream).await;
+        session.close(CloseCode::Revoked);
+        let taken = tokio::time::timeout(AT_ONCE, stream.take_ready(&mut batch)).await;
+        assert_eq!(taken.expect("take_ready waited"), Err(CloseCode::Revoked));
+        assert_eq!(texts(&batch), [r#"{"type":"pong","id":2}"#]);
+    }
+}

@@ -43,7 +43,8 @@ const NORMAL_CLOSURE: u16 = 1000;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 type Io = TokioIo<hyper::upgrade::Upgraded>;
-/// The writer, shared with the reader for pongs and for the answer to a client's close.
+/// The writer, shared with the reader for pongs and for the answer to a client's close; and
+/// what the writer knows of the reader.
 struct Shared {
     /// A `futures` lock rather than tokio's: the writer takes it for every batch, almost always
     /// uncontended, and its uncontended path is one atomic swap against tokio's semaphore (CPU
@@ -52,11 +53,13 @@ struct Shared {
     /// Pongs waiting for the lock. It is not fair: a writer with frames always ready would take
     /// it back at once, so it first steps aside for them.
     pongs_waiting: AtomicUsize,
-    /// Requests the reader has in flight. A send's echo (its own `event`) reaches the outbox
-    /// from the commit just before the send's `sent` reply does, so a writer woken by the echo
-    /// while a request is in flight lets the reader run first and writes both in one `writev`:
-    /// at a steady 10,000 sends/s that was two writes per send, each a trip through loopback TCP
-    /// (docs/benchmarks.md).
+    /// Requests the reader has in flight (as of its last turn). A send's echo (its own `event`)
+    /// reaches the outbox from the commit just before the send's `sent` reply does, so a writer
+    /// woken while a request is in flight yields once and takes what came meanwhile: on one
+    /// core, or whenever the reader gets its turn first, echo and reply go out in one `writev`.
+    /// At a steady 10,000 sends/s they had been two writes per send, each a trip through
+    /// loopback TCP (docs/benchmarks.md). A reply that waits on more than the store (a broker's
+    /// publish to other nodes) usually misses the batch and goes in the next, as before.
     requests_in_flight: AtomicUsize,
 }
 
@@ -514,17 +517,22 @@ fn write_frames(
     async move {
         let mut frames = Vec::new();
         loop {
-            let mut next = stream.next(&mut frames).await;
-            if next.is_ok() && writer.requests_in_flight.load(Ordering::Relaxed) > 0 {
-                // A reply may be a moment behind: the tasks already woken run first.
-                tokio::task::yield_now().await;
-                next = stream.more(&mut frames).await;
-            } else if writer.pongs_waiting.load(Ordering::Relaxed) > 0 {
-                // The pong was woken when this task last unlocked: let it run first.
+            let next = stream.next(&mut frames).await;
+            let reply_due = next.is_ok() && writer.requests_in_flight.load(Ordering::Relaxed) > 0;
+            if reply_due || writer.pongs_waiting.load(Ordering::Relaxed) > 0 {
+                // Tasks already woken run first: the reader, which may be about to queue its
+                // reply, and a pong, woken when this task last unlocked the writer.
                 tokio::task::yield_now().await;
             }
+            // A close found now goes out after the frames already taken: they have left the
+            // outbox, and nothing else would write them.
+            let then_close = if reply_due {
+                stream.take_ready(&mut frames).await.err()
+            } else {
+                None
+            };
             let mut writer = writer.writer.lock().await;
-            match next {
+            let close = match next {
                 Ok(()) => {
                     // Most batches go straight into the socket buffer: arm the stall timer only for
                     // a write that has to wait. Boxed: an idle writer should not hold a write's
@@ -543,11 +551,13 @@ fn write_frames(
                     if !matches!(written, Ok(Ok(()))) {
                         return;
                     }
+                    then_close
                 }
-                Err(code) => {
-                    let _ = Box::pin(timeout(CLOSE_GRACE, writer.close_with(code))).await;
-                    return;
-                }
+                Err(code) => Some(code),
+            };
+            if let Some(code) = close {
+                let _ = Box::pin(timeout(CLOSE_GRACE, writer.close_with(code))).await;
+                return;
             }
         }
     }
