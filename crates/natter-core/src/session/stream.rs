@@ -210,8 +210,7 @@ impl SessionStream {
         loop {
             // Live frames first: take whatever is queued without waiting. (Heartbeats come
             // through the outbox too, from the hub's one timer for every session.)
-            self.outbox.try_take(&mut self.items)?;
-            self.apply_items(out).await?;
+            self.take_ready(out).await?;
             if let Some(room_id) = self.catch_up.pop_front() {
                 // The rare, large futures are boxed: an idle session waiting in `take` then holds
                 // only what waiting needs (thousands of idle connections add up).
@@ -245,11 +244,11 @@ impl SessionStream {
         }
     }
 
-    /// Appends to `out` what was queued since `next` returned, without waiting for more to come
-    /// (it may still read the store, as `next` does, for a notice or a resync). Only after
-    /// `next`, which writes the greeting first. A writer that expects a reply any moment takes it
-    /// so into the batch it is about to write. An `Err` leaves what `out` holds: those frames
-    /// left the outbox and go out before the close.
+    /// Appends to `out` what is queued now, without waiting for more to come (it may still read
+    /// the store for a notice or a resync). Outside `next`, only after it: `next` yields the
+    /// greeting first. A writer that expects a reply any moment takes it so into the batch it is
+    /// about to write. An `Err` leaves what `out` holds: those frames left the outbox and go out
+    /// before the close.
     pub async fn take_ready(&mut self, out: &mut Vec<Arc<str>>) -> Result<(), Closed> {
         self.outbox.try_take(&mut self.items)?;
         self.apply_items(out).await

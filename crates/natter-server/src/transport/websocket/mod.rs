@@ -517,44 +517,39 @@ fn write_frames(
     async move {
         let mut frames = Vec::new();
         loop {
-            let next = stream.next(&mut frames).await;
-            let reply_due = next.is_ok() && writer.requests_in_flight.load(Ordering::Relaxed) > 0;
+            // Frames taken from the session go out even when it closes right after: they have
+            // left the outbox, and nothing else would write them. The close follows them.
+            let mut close = stream.next(&mut frames).await.err();
+            let reply_due =
+                close.is_none() && writer.requests_in_flight.load(Ordering::Relaxed) > 0;
             if reply_due || writer.pongs_waiting.load(Ordering::Relaxed) > 0 {
                 // Tasks already woken run first: the reader, which may be about to queue its
                 // reply, and a pong, woken when this task last unlocked the writer.
                 tokio::task::yield_now().await;
             }
-            // A close found now goes out after the frames already taken: they have left the
-            // outbox, and nothing else would write them.
-            let then_close = if reply_due {
-                stream.take_ready(&mut frames).await.err()
-            } else {
-                None
-            };
+            if reply_due {
+                close = stream.take_ready(&mut frames).await.err();
+            }
             let mut writer = writer.writer.lock().await;
-            let close = match next {
-                Ok(()) => {
-                    // Most batches go straight into the socket buffer: arm the stall timer only for
-                    // a write that has to wait. Boxed: an idle writer should not hold a write's
-                    // state (docs/benchmarks.md).
-                    let written = Box::pin(async {
-                        let mut write = pin!(writer.write_text(&frames));
-                        match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                            Poll::Ready(done) => Ok(done),
-                            Poll::Pending => timeout(write_timeout, write).await,
-                        }
-                    })
-                    .await;
-                    // Freed after every batch: an idle connection keeps no buffer, and one
-                    // allocation per write is nothing beside the write itself.
-                    frames = Vec::new();
-                    if !matches!(written, Ok(Ok(()))) {
-                        return;
+            if !frames.is_empty() {
+                // Most batches go straight into the socket buffer: arm the stall timer only for
+                // a write that has to wait. Boxed: an idle writer should not hold a write's
+                // state (docs/benchmarks.md).
+                let written = Box::pin(async {
+                    let mut write = pin!(writer.write_text(&frames));
+                    match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                        Poll::Ready(done) => Ok(done),
+                        Poll::Pending => timeout(write_timeout, write).await,
                     }
-                    then_close
+                })
+                .await;
+                // Freed after every batch: an idle connection keeps no buffer, and one
+                // allocation per write is nothing beside the write itself.
+                frames = Vec::new();
+                if !matches!(written, Ok(Ok(()))) {
+                    return;
                 }
-                Err(code) => Some(code),
-            };
+            }
             if let Some(code) = close {
                 let _ = Box::pin(timeout(CLOSE_GRACE, writer.close_with(code))).await;
                 return;
