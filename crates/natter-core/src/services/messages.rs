@@ -109,16 +109,16 @@ pub async fn send(
             now_ms(),
         )
         .await?;
-    let RoomEvent::MessageCreated { message } = &appended.record.event else {
-        tracing::error!(
-            ?appended,
-            "store answered a send with another kind of event"
-        );
-        return Err(ServiceError::new(ErrorCode::Internal, "internal error"));
-    };
-    let (message, duplicate) = (message.clone(), appended.duplicate);
-    app.publish_appended(appended).await;
-    Ok((message, duplicate))
+    let duplicate = appended.duplicate;
+    // The event is durable whatever it is, so it is published before it is looked at; taking
+    // the message out of the published record also spares a copy of it.
+    match app.publish_appended(appended).await.event {
+        RoomEvent::MessageCreated { message } => Ok((message, duplicate)),
+        event => {
+            tracing::error!(?event, "store answered a send with another kind of event");
+            Err(ServiceError::new(ErrorCode::Internal, "internal error"))
+        }
+    }
 }
 
 async fn message_in_room(
