@@ -112,10 +112,17 @@ pub async fn send(
     let duplicate = appended.duplicate;
     // The event is durable whatever it is, so it is published before it is looked at; taking
     // the message out of the published record also spares a copy of it.
-    match app.publish_appended(appended).await.event {
+    let record = app.publish_appended(appended).await;
+    match record.event {
         RoomEvent::MessageCreated { message } => Ok((message, duplicate)),
         event => {
-            tracing::error!(?event, "store answered a send with another kind of event");
+            tracing::error!(
+                room_id = %record.room_id,
+                seq = %record.seq,
+                duplicate,
+                ?event,
+                "store answered a send with another kind of event"
+            );
             Err(ServiceError::new(ErrorCode::Internal, "internal error"))
         }
     }
