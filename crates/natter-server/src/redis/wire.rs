@@ -3,7 +3,7 @@
 
 use natter_core::ports::broker::{Envelope, UserNotice};
 use natter_core::ports::store::{EventRecord, TokenId};
-use natter_protocol::frame::ServerFrame;
+use natter_protocol::frame::{EventFrame, ServerFrame};
 use natter_protocol::{PresenceInfo, RoomId, RoomSeq, UserId, UserInfo};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -88,17 +88,30 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A room envelope as `Packet` encodes `Wire::Room`, borrowing the event: every send on a
+/// cluster is published, and this spares each a copy of the message's text and names.
+#[derive(Serialize)]
+struct RoomPacket<'a> {
+    node: &'a str,
+    k: &'static str,
+    frame: EventFrame<'a>,
+}
+
 pub fn encode(node: &str, envelope: &Envelope) -> String {
     let wire = match envelope.clone() {
-        Envelope::Room(record) => Wire::Room {
-            frame: ServerFrame::Event {
-                room_id: record.room_id,
-                seq: record.seq,
-                at: record.at,
-                actor: record.actor,
-                event: record.event.clone(),
-            },
-        },
+        Envelope::Room(record) => {
+            return natter_protocol::encode(&RoomPacket {
+                node,
+                k: "room",
+                frame: EventFrame {
+                    room_id: record.room_id,
+                    seq: record.seq,
+                    at: record.at,
+                    actor: record.actor,
+                    event: &record.event,
+                },
+            });
+        }
         Envelope::User { user_id, notice } => match notice {
             UserNotice::RoomAdded { room_id, from_seq } => Wire::RoomAdded {
                 user_id,
@@ -188,4 +201,57 @@ pub fn decode(payload: &str) -> Result<(String, Decoded), String> {
         },
     };
     Ok((packet.node, Decoded::Envelope(envelope)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natter_protocol::{ClientMsgId, Message, MessageId, RoomEvent};
+
+    #[test]
+    fn a_room_envelope_travels_as_the_event_frame_and_arrives_whole() {
+        let record = EventRecord {
+            room_id: RoomId(7),
+            seq: RoomSeq(42),
+            at: 1_700_000_000_000,
+            actor: UserId(3),
+            event: RoomEvent::MessageCreated {
+                message: Message {
+                    id: MessageId(9),
+                    room_id: RoomId(7),
+                    seq: RoomSeq(42),
+                    author: UserInfo {
+                        id: UserId(3),
+                        username: "ana".into(),
+                        display_name: "Ana \"A\" Lima".into(),
+                    },
+                    client_msg_id: ClientMsgId("c-1".into()),
+                    body: "hi @bo \u{1F44B}".into(),
+                    created_at: 1_700_000_000_000,
+                    edited_at: None,
+                    deleted: false,
+                },
+            },
+        };
+        let encoded = encode("node-a", &Envelope::Room(Arc::new(record.clone())));
+        let as_wire = natter_protocol::encode(&Packet {
+            node: "node-a".into(),
+            wire: Wire::Room {
+                frame: ServerFrame::Event {
+                    room_id: record.room_id,
+                    seq: record.seq,
+                    at: record.at,
+                    actor: record.actor,
+                    event: record.event.clone(),
+                },
+            },
+        });
+        let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("JSON");
+        assert_eq!(json(&encoded), json(&as_wire));
+        let Ok((node, Decoded::Envelope(Envelope::Room(arrived)))) = decode(&encoded) else {
+            panic!("a room envelope did not decode as one: {encoded}");
+        };
+        assert_eq!(node, "node-a");
+        assert_eq!(*arrived, record);
+    }
 }
