@@ -15,6 +15,7 @@ FIGURES = {
         ("p50 ms", ("latency_ms", "p50")),
         ("p99 ms", ("latency_ms", "p99")),
         ("lost", ("lost",)),
+        ("steal ms", ("steal_ms",)),
     ],
     "max": [
         ("deliveries/s", ("max_deliveries_per_s",)),
@@ -26,6 +27,7 @@ FIGURES = {
         ("p50 ms", ("ack_ms", "p50")),
         ("p99 ms", ("ack_ms", "p99")),
         ("µs CPU/ack", ("server_cpu_us_per_ack",)),
+        ("steal ms", ("steal_ms",)),
     ],
     "storm": [
         ("all resumed s", ("all_resumed_s",)),
@@ -33,6 +35,7 @@ FIGURES = {
         ("server CPU s", ("server_cpu_s",)),
         ("lost", ("lost",)),
         ("duplicates", ("duplicates",)),
+        ("steal ms", ("steal_ms",)),
     ],
     "presence": [
         ("µs CPU/churn", ("server_cpu_us_per_churn",)),

@@ -123,7 +123,8 @@ def main():
         lat = row["latency_ms"]
         print(f"{row['server']}: fan-out at {row['deliveries_per_s']:.0f} deliveries/s beside "
               f"{row['idle_connections']} idle connections: p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} "
-              f"p99.9 {lat['p999']:.2f} max {lat['max']:.2f} ms")
+              f"p99.9 {lat['p999']:.2f} max {lat['max']:.2f} ms"
+              + (f"; steal {row['steal_ms']} ms" if row.get("steal_ms") is not None else ""))
 
 
 def medians(runs):
@@ -150,6 +151,15 @@ def print_cpu(runs):
         n, s, l = (cpu.get((server, rate)) for server in ("natter", "socketio", "limit"))
         ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
         print(f"{rate:>10g} | {n or 0:6.2f} {s or 0:6.2f} {l or 0:6.2f} | {ratio(n, s)} {ratio(l, s)} {ratio(n, l)}")
+    # Steal time: the host ran something else on this machine's CPUs; a server's figures from
+    # runs with much of it say more about the host than about the server.
+    for server in ("natter", "socketio", "limit"):
+        steps = [s for (name, _), group in fanout.items() if name == server for s in group]
+        steal = [s["steal_ms"] for s in steps if s.get("steal_ms") is not None]
+        if steal:
+            seconds = sum(s["seconds"] for s in steps)
+            print(f"{server}: steal {sum(steal) / 1000:.1f} s over {seconds:.0f} s of fan-out runs "
+                  f"(the worst run {max(steal)} ms)")
 
 
 if __name__ == "__main__":

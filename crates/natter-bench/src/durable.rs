@@ -108,6 +108,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let prefix = conn::run_prefix(&args.prefix, "d");
     let tokens = conn::register_users(&args.url, &prefix, args.senders).await?;
     let cpu_before = args.server_pid.and_then(crate::server::cpu_time);
+    let steal_before = crate::server::steal_time();
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
@@ -170,6 +171,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         all.extend(task.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let steal_ms = crate::server::steal_ms(steal_before);
     let cpu_us_per_ack = match (
         cpu_before,
         args.server_pid.and_then(crate::server::cpu_time),
@@ -207,6 +209,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             "seconds": elapsed,
             "acks_per_s": all.len() as f64 / elapsed,
             "ack_ms": { "p50": pick(0.5), "p99": pick(0.99), "max": all.last().map(|d| d.as_secs_f64() * 1000.0) },
+            "steal_ms": steal_ms,
         })
     );
     Ok(())

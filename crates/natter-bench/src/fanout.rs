@@ -204,6 +204,8 @@ struct Step {
     deliveries_per_s: f64,
     latency_ms: [f64; 4],
     cpu_us_per_delivery: Option<f64>,
+    /// The machine's steal time over the step (`server::steal_time`).
+    steal_ms: Option<u64>,
 }
 
 impl Step {
@@ -227,20 +229,22 @@ impl Step {
             "deliveries_per_s": self.deliveries_per_s,
             "latency_ms": { "p50": p50, "p99": p99, "p999": p999, "max": max },
             "server_cpu_us_per_delivery": self.cpu_us_per_delivery,
+            "steal_ms": self.steal_ms,
         })
     }
 
     fn print(&self) {
         let [p50, p99, p999, max] = self.latency_ms;
         println!(
-            "  {:.0} msg/s: {}/{} delivered, {:.0} deliveries/s, lost {}; latency ms p50 {p50:.2} p99 {p99:.2} p99.9 {p999:.2} max {max:.2}; server CPU per delivery {} µs",
+            "  {:.0} msg/s: {}/{} delivered, {:.0} deliveries/s, lost {}; latency ms p50 {p50:.2} p99 {p99:.2} p99.9 {p999:.2} max {max:.2}; server CPU per delivery {} µs; steal {} ms",
             self.rate,
             self.received,
             self.expected,
             self.deliveries_per_s,
             self.lost(),
             self.cpu_us_per_delivery
-                .map_or("?".into(), |v| format!("{v:.2}"))
+                .map_or("?".into(), |v| format!("{v:.2}")),
+            self.steal_ms.map_or("?".into(), |v| v.to_string())
         );
     }
 }
@@ -350,6 +354,7 @@ impl Fanout {
         }
         let received_before = self.received.load(Ordering::Relaxed);
         let cpu_before = self.server_pid.and_then(server::cpu_time);
+        let steal_before = server::steal_time();
         let total = (rate * seconds as f64).round() as u64;
         let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
         let started = Instant::now();
@@ -391,6 +396,7 @@ impl Fanout {
             last = now;
         }
         let cpu_after = self.server_pid.and_then(server::cpu_time);
+        let steal_ms = server::steal_ms(steal_before);
         let got = self.received.load(Ordering::Relaxed) - received_before;
         let window_us = self
             .last_at
@@ -422,6 +428,7 @@ impl Fanout {
             deliveries_per_s: got as f64 * 1e6 / window_us as f64,
             latency_ms: [ms(p50), ms(p99), ms(p999), ms(max)],
             cpu_us_per_delivery,
+            steal_ms,
         })
     }
 }

@@ -281,6 +281,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let storm_started = Instant::now();
     let server_cpu = || args.target.server_pid.and_then(crate::server::cpu_time);
     let cpu_before = server_cpu();
+    let steal_before = crate::server::steal_time();
     let _ = drop_tx.send(true);
     eprintln!("storm: {} clients dropped at once", args.clients);
     let deadline = storm_started + Duration::from_secs(args.deadline);
@@ -297,6 +298,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let storm_cpu_s = cpu_before
         .zip(server_cpu())
         .map(|(before, after)| after.saturating_sub(before).as_secs_f64());
+    let steal_ms = crate::server::steal_ms(steal_before);
     eprintln!();
     // Stop sending, let the last acks and deliveries arrive, then stop the clients and compare
     // what each saw with its room's last acknowledged message.
@@ -381,6 +383,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             "behind_at_end": behind,
             "client_errors": failed,
             "server_cpu_s": storm_cpu_s,
+            "steal_ms": steal_ms,
         })
     );
     // Not a timing: a message lost or delivered twice is a bug, whatever the machine.
