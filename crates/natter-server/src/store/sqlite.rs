@@ -27,7 +27,9 @@ use natter_protocol::frame::MemberInfo;
 use natter_protocol::{
     ClientMsgId, Message, MessageId, Role, RoomId, RoomInfo, RoomKind, RoomSeq, UserId, UserInfo,
 };
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, Statement, params};
+use std::cell::RefCell;
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -42,10 +44,52 @@ pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
 const READERS: usize = 8;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write. Given the connection, it runs (see [`Isolation`]) and returns its completion (to
+/// A write. Given the writer's connection, it runs (see [`Isolation`]) and returns its completion (to
 /// call with the group's commit result) and whether the transaction is still sound. Given
 /// `None`, it answers its caller with an error without running.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Option<(Completion, bool)> + Send>;
+type Job = Box<dyn FnOnce(Option<&Writer<'_>>) -> Option<(Completion, bool)> + Send>;
+
+/// The writer's connection, with the statements of the group commit and of a send prepared
+/// once. Everything else goes through the statement cache like any connection (`Deref`).
+///
+/// rusqlite's cache hashes a statement's SQL when it is taken and again when it goes back: that
+/// was nearly 8% of the instructions of an acknowledged send, which runs four statements and
+/// shares a `BEGIN` and a `COMMIT` with its group (docs/benchmarks.md, "An eleventh machine").
+struct Writer<'c> {
+    conn: &'c Connection,
+    begin: RefCell<Statement<'c>>,
+    commit: RefCell<Statement<'c>>,
+    send_checks: RefCell<Statement<'c>>,
+    advance_seq: RefCell<Statement<'c>>,
+    insert_message: RefCell<Statement<'c>>,
+    insert_event: RefCell<Statement<'c>>,
+}
+
+impl<'c> Writer<'c> {
+    fn prepare(conn: &'c Connection) -> rusqlite::Result<Writer<'c>> {
+        let prepare = |sql| conn.prepare(sql).map(RefCell::new);
+        Ok(Writer {
+            conn,
+            begin: prepare("BEGIN IMMEDIATE")?,
+            commit: prepare("COMMIT")?,
+            send_checks: prepare(SEND_CHECKS)?,
+            advance_seq: prepare(ADVANCE_SEQ)?,
+            insert_message: prepare(
+                "INSERT INTO messages (room_id, seq, author_id, client_msg_id, body, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?,
+            insert_event: prepare(INSERT_EVENT)?,
+        })
+    }
+}
+
+impl Deref for Writer<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
 
 /// How a job's failure is kept from the rest of its group.
 #[derive(Clone, Copy)]
@@ -187,10 +231,22 @@ impl SqliteStore {
         let mut conn = open_connection(path).map_err(unavailable)?;
         migrate(&mut conn).map_err(unavailable)?;
         let (jobs, queue) = mpsc::channel::<Job>();
+        let (prepared, ready) = mpsc::sync_channel(1);
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, queue, commit_delay))
+            .spawn(move || match Writer::prepare(&conn) {
+                Ok(writer) => {
+                    let _ = prepared.send(Ok(()));
+                    run_writer(&writer, queue, commit_delay);
+                }
+                Err(error) => {
+                    let _ = prepared.send(Err(unavailable(error)));
+                }
+            })
             .map_err(unavailable)?;
+        ready
+            .recv()
+            .map_err(|_| unavailable("the SQLite writer thread stopped"))??;
         let store = SqliteStore {
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(writer)),
@@ -250,7 +306,8 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.write_then(Isolation::Savepoint, f, |_| {}).await
+        self.write_then(Isolation::Savepoint, move |writer| f(writer), |_| {})
+            .await
     }
 
     /// Like `write`, and once the group is committed, `committed` sees the job's result on the
@@ -258,12 +315,12 @@ impl SqliteStore {
     async fn write_then<T: Send + 'static>(
         &self,
         isolation: Isolation,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Writer<'_>) -> Result<T, StoreError> + Send + 'static,
         committed: impl FnOnce(&T) + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, result) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let Some(conn) = conn else {
+        let job: Job = Box::new(move |writer| {
+            let Some(conn) = writer else {
                 let _ = reply.send(Err(StoreError::Unavailable(
                     "the write transaction could not run".into(),
                 )));
@@ -461,7 +518,7 @@ fn run_without_wakeup_preemption() -> std::io::Result<()> {
     Ok(())
 }
 
-fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, commit_delay: Duration) {
+fn run_writer(writer: &Writer<'_>, queue: mpsc::Receiver<Job>, commit_delay: Duration) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_GROUP);
     let mut window = CommitWindow::new(commit_delay);
@@ -485,7 +542,7 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, commit_delay: Durati
             }
         }
         window.closed(group.len());
-        if let Err(error) = conn.execute_cached("BEGIN IMMEDIATE", []) {
+        if let Err(error) = writer.begin.borrow_mut().execute([]) {
             tracing::error!(%error, "cannot begin a write transaction");
             for job in group.drain(..) {
                 job(None);
@@ -501,26 +558,29 @@ fn run_writer(conn: Connection, queue: mpsc::Receiver<Job>, commit_delay: Durati
                 job(None);
                 continue;
             }
-            if let Some((completion, sound)) = job(Some(&conn)) {
+            if let Some((completion, sound)) = job(Some(writer)) {
                 completions.push(completion);
-                poisoned = !sound || conn.is_autocommit();
+                poisoned = !sound || writer.is_autocommit();
             }
         }
         let commit = if poisoned {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+            if !writer.is_autocommit() {
+                let _ = writer.execute_batch("ROLLBACK");
             }
             Err(StoreError::Unavailable(
                 "the write transaction was aborted".into(),
             ))
         } else {
-            conn.execute_cached("COMMIT", [])
+            writer
+                .commit
+                .borrow_mut()
+                .execute([])
                 .map(|_| ())
                 .map_err(unavailable)
         };
         if let Err(error) = &commit {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+            if !writer.is_autocommit() {
+                let _ = writer.execute_batch("ROLLBACK");
             }
             tracing::error!(%error, "group commit failed; nothing of it was stored");
         }
@@ -711,11 +771,20 @@ fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
 /// before writing (a send: `Isolation::ChecksFirst`) rather than take a number twice. A send
 /// that fails after this poisons its whole group, which takes the number back.
 fn advance_seq(conn: &Connection, room_id: RoomId, read: RoomSeq) -> Result<RoomSeq, StoreError> {
+    let mut advance = db(conn.prepare_cached(ADVANCE_SEQ))?;
+    advance_seq_with(&mut advance, room_id, read)
+}
+
+const ADVANCE_SEQ: &str = "UPDATE rooms SET last_seq = ?2 WHERE id = ?1 AND last_seq = ?3";
+
+/// `advance_seq` on a prepared `ADVANCE_SEQ` (a send's, from the `Writer`).
+fn advance_seq_with(
+    advance: &mut Statement<'_>,
+    room_id: RoomId,
+    read: RoomSeq,
+) -> Result<RoomSeq, StoreError> {
     let next = RoomSeq(read.0 + 1);
-    let advanced = db(conn.execute_cached(
-        "UPDATE rooms SET last_seq = ?2 WHERE id = ?1 AND last_seq = ?3",
-        params![room_id.0, next.0, read.0],
-    ))?;
+    let advanced = db(advance.execute(params![room_id.0, next.0, read.0]))?;
     if advanced == 0 {
         return Err(StoreError::Unavailable(
             "the room's sequence moved during a change".into(),
@@ -741,33 +810,34 @@ fn insert_event(
     now: i64,
     row: EventRow<'_>,
 ) -> Result<EventRecord, StoreError> {
-    insert_event_row(conn, room_id, seq, actor, now, row)?;
+    let mut insert = db(conn.prepare_cached(INSERT_EVENT))?;
+    insert_event_row(&mut insert, room_id, seq, actor, now, row)?;
     db(load_event(conn, room_id, seq))
 }
 
-/// Records the event at `seq`.
+const INSERT_EVENT: &str = "INSERT INTO room_events
+     (room_id, seq, at, actor_id, kind, message_id, subject_id, role)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// Records the event at `seq`, with `INSERT_EVENT` (a send's is prepared in the `Writer`).
 fn insert_event_row(
-    conn: &Connection,
+    insert: &mut Statement<'_>,
     room_id: RoomId,
     seq: RoomSeq,
     actor: UserId,
     now: i64,
     row: EventRow<'_>,
 ) -> Result<(), StoreError> {
-    db(conn.execute_cached(
-        "INSERT INTO room_events (room_id, seq, at, actor_id, kind, message_id, subject_id, role)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            room_id.0,
-            seq.0,
-            now,
-            actor.0,
-            row.kind,
-            row.message_id.map(|m| m.0),
-            row.subject.map(|s| s.0),
-            row.role.map(role_str),
-        ],
-    ))?;
+    db(insert.execute(params![
+        room_id.0,
+        seq.0,
+        now,
+        actor.0,
+        row.kind,
+        row.message_id.map(|m| m.0),
+        row.subject.map(|s| s.0),
+        row.role.map(role_str),
+    ]))?;
     Ok(())
 }
 
@@ -846,8 +916,19 @@ fn add_member(
     Ok(record)
 }
 
+/// Everything a send checks, in one query (the hot path of every send): the room, an earlier
+/// send with this id (a retry), the author's membership and how the author is shown. It also
+/// reads the room's sequence, which the send then advances.
+const SEND_CHECKS: &str =
+    "SELECT prior.room_id, prior.seq, m.role, u.username, u.display_name, r.last_seq
+     FROM users u
+     LEFT JOIN messages prior ON prior.client_msg_id = ?3 AND prior.author_id = u.id
+     LEFT JOIN rooms r ON r.id = ?1
+     LEFT JOIN members m ON m.room_id = r.id AND m.user_id = u.id
+     WHERE u.id = ?2 AND r.id IS NOT NULL";
+
 fn apply_change(
-    conn: &Connection,
+    conn: &Writer<'_>,
     room_id: RoomId,
     actor: UserId,
     change: Change,
@@ -865,10 +946,8 @@ fn apply_change(
             body,
             mentions,
         } => {
-            // Everything a send checks, in one query (the hot path of every send): the room, an
-            // earlier send with this id (a retry), the author's membership and how the author is
-            // shown. Checked in that order, as PostgreSQL does, and all before the first write
-            // (`ChecksFirst`). It also reads the room's sequence, which the send then advances.
+            // `SEND_CHECKS`, checked in that order, as PostgreSQL does, and all before the first
+            // write (`ChecksFirst`).
             type Checks = (
                 Option<i64>,
                 Option<i64>,
@@ -878,25 +957,18 @@ fn apply_change(
                 u64,
             );
             let found: Option<Checks> = db(conn
-                .query_row_cached(
-                    "SELECT prior.room_id, prior.seq, m.role, u.username, u.display_name, r.last_seq
-                     FROM users u
-                     LEFT JOIN messages prior ON prior.client_msg_id = ?3 AND prior.author_id = u.id
-                     LEFT JOIN rooms r ON r.id = ?1
-                     LEFT JOIN members m ON m.room_id = r.id AND m.user_id = u.id
-                     WHERE u.id = ?2 AND r.id IS NOT NULL",
-                    params![room_id.0, actor.0, client_msg_id.0],
-                    |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                            row.get(5)?,
-                        ))
-                    },
-                )
+                .send_checks
+                .borrow_mut()
+                .query_row(params![room_id.0, actor.0, client_msg_id.0], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                    ))
+                })
                 .optional())?;
             let Some((first_room, first_seq, role, username, display_name, last_seq)) = found
             else {
@@ -921,12 +993,19 @@ fn apply_change(
             if role.is_none() {
                 return Err(StoreError::Forbidden("you are not a member of this room"));
             }
-            let seq = advance_seq(conn, room_id, RoomSeq(last_seq))?;
-            db(conn.execute_cached(
-                "INSERT INTO messages (room_id, seq, author_id, client_msg_id, body, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![room_id.0, seq.0, actor.0, client_msg_id.0, body, now],
-            ))?;
+            let seq = advance_seq_with(
+                &mut conn.advance_seq.borrow_mut(),
+                room_id,
+                RoomSeq(last_seq),
+            )?;
+            db(conn.insert_message.borrow_mut().execute(params![
+                room_id.0,
+                seq.0,
+                actor.0,
+                client_msg_id.0,
+                body,
+                now
+            ]))?;
             let message_id = MessageId(conn.last_insert_rowid());
             if !mentions.is_empty() {
                 let mut mention = db(conn.prepare_cached(
@@ -944,7 +1023,14 @@ fn apply_change(
                 subject: None,
                 role: None,
             };
-            insert_event_row(conn, room_id, seq, actor, now, row)?;
+            insert_event_row(
+                &mut conn.insert_event.borrow_mut(),
+                room_id,
+                seq,
+                actor,
+                now,
+                row,
+            )?;
             fresh(
                 NewMessage {
                     id: message_id,
@@ -1747,7 +1833,7 @@ mod isolation_tests {
         job: impl FnOnce(&rusqlite::Connection) -> Result<(), StoreError> + Send + 'static,
     ) -> [Result<(), StoreError>; 3] {
         let before = store.write(|conn| insert_user(conn, "before"));
-        let job = store.write_then(Isolation::ChecksFirst, job, |_| {});
+        let job = store.write_then(Isolation::ChecksFirst, move |writer| job(writer), |_| {});
         let after = store.write(|conn| insert_user(conn, "after"));
         let (before, job, after) = tokio::join!(before, job, after);
         [before, job, after]
