@@ -27,7 +27,7 @@ use natter_protocol::frame::MemberInfo;
 use natter_protocol::{
     ClientMsgId, Message, MessageId, Role, RoomId, RoomInfo, RoomKind, RoomSeq, UserId, UserInfo,
 };
-use rusqlite::{Connection, OptionalExtension, Row, Statement, params};
+use rusqlite::{Connection, OptionalExtension, PrepFlags, Row, Statement, params};
 use std::cell::RefCell;
 use std::ops::Deref;
 use std::path::Path;
@@ -44,17 +44,18 @@ pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
 const READERS: usize = 8;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write. Given the writer's connection, it runs (see [`Isolation`]) and returns its completion (to
-/// call with the group's commit result) and whether the transaction is still sound. Given
-/// `None`, it answers its caller with an error without running.
+/// A write. Given the writer's connection, it runs (see [`Isolation`]) and returns its
+/// completion (to call with the group's commit result) and whether the transaction is still
+/// sound. Given `None`, it answers its caller with an error without running.
 type Job = Box<dyn FnOnce(Option<&Writer<'_>>) -> Option<(Completion, bool)> + Send>;
 
 /// The writer's connection, with the statements of the group commit and of a send prepared
 /// once. Everything else goes through the statement cache like any connection (`Deref`).
 ///
-/// rusqlite's cache hashes a statement's SQL when it is taken and again when it goes back: that
-/// was nearly 8% of the instructions of an acknowledged send, which runs four statements and
-/// shares a `BEGIN` and a `COMMIT` with its group (docs/benchmarks.md, "An eleventh machine").
+/// rusqlite's cache keeps books on every use (it hashes the SQL when a statement is taken and
+/// again when it goes back, moves it in its LRU, clears its bindings): that was nearly 8% of the
+/// instructions of an acknowledged send, which runs four statements and shares a `BEGIN` and a
+/// `COMMIT` with its group (docs/benchmarks.md, "An eleventh machine").
 struct Writer<'c> {
     conn: &'c Connection,
     begin: RefCell<Statement<'c>>,
@@ -67,7 +68,12 @@ struct Writer<'c> {
 
 impl<'c> Writer<'c> {
     fn prepare(conn: &'c Connection) -> rusqlite::Result<Writer<'c>> {
-        let prepare = |sql| conn.prepare(sql).map(RefCell::new);
+        // Persistent, as rusqlite's cache prepares too: SQLite then keeps these long-lived
+        // statements out of the connection's small lookaside memory.
+        let prepare = |sql| {
+            conn.prepare_with_flags(sql, PrepFlags::SQLITE_PREPARE_PERSISTENT)
+                .map(RefCell::new)
+        };
         Ok(Writer {
             conn,
             begin: prepare("BEGIN IMMEDIATE")?,
@@ -112,8 +118,8 @@ pub struct SqliteStore {
     listener: Listener,
 }
 
-/// Every statement that runs per request goes through the connection's statement cache.
-/// `Connection::query_row` and `execute` parse their SQL on every call, and under a reconnect
+/// Every statement that runs per request goes through the connection's statement cache, but
+/// those the writer prepared once (`Writer`). `Connection::query_row` and `execute` parse their SQL on every call, and under a reconnect
 /// storm parsing the token check cost more than running it (docs/benchmarks.md).
 trait CachedStatements {
     fn query_row_cached<T, P: rusqlite::Params>(
@@ -232,7 +238,7 @@ impl SqliteStore {
         migrate(&mut conn).map_err(unavailable)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let (prepared, ready) = mpsc::sync_channel(1);
-        let writer = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || match Writer::prepare(&conn) {
                 Ok(writer) => {
@@ -240,16 +246,22 @@ impl SqliteStore {
                     run_writer(&writer, queue, commit_delay);
                 }
                 Err(error) => {
-                    let _ = prepared.send(Err(unavailable(error)));
+                    let _ = prepared.send(Err(unavailable(format!(
+                        "preparing the SQLite writer's statements: {error}"
+                    ))));
                 }
             })
             .map_err(unavailable)?;
-        ready
+        let started = ready
             .recv()
-            .map_err(|_| unavailable("the SQLite writer thread stopped"))??;
+            .unwrap_or_else(|_| Err(unavailable("the SQLite writer thread stopped")));
+        if let Err(error) = started {
+            let _ = handle.join();
+            return Err(error);
+        }
         let store = SqliteStore {
             jobs: Mutex::new(Some(jobs)),
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(Some(handle)),
             readers: Arc::new(Readers::default()),
             reader_threads: Mutex::new(Vec::with_capacity(READERS)),
             listener: Listener::default(),
@@ -320,18 +332,18 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (reply, result) = oneshot::channel();
         let job: Job = Box::new(move |writer| {
-            let Some(conn) = writer else {
+            let Some(writer) = writer else {
                 let _ = reply.send(Err(StoreError::Unavailable(
                     "the write transaction could not run".into(),
                 )));
                 return None;
             };
-            let run = |sql: &str| conn.execute_cached(sql, []);
+            let run = |sql: &str| writer.execute_cached(sql, []);
             let (outcome, sound) = match isolation {
                 Isolation::Savepoint => {
                     let outcome = run("SAVEPOINT job")
                         .map_err(unavailable)
-                        .and_then(|_| f(conn));
+                        .and_then(|_| f(writer));
                     let sound = if outcome.is_err() {
                         run("ROLLBACK TO job").is_ok() && run("RELEASE job").is_ok()
                     } else {
@@ -340,9 +352,9 @@ impl SqliteStore {
                     (outcome, sound)
                 }
                 Isolation::ChecksFirst => {
-                    let before = conn.total_changes();
-                    let outcome = f(conn);
-                    let sound = outcome.is_ok() || conn.total_changes() == before;
+                    let before = writer.total_changes();
+                    let outcome = f(writer);
+                    let sound = outcome.is_ok() || writer.total_changes() == before;
                     (outcome, sound)
                 }
             };
@@ -542,7 +554,8 @@ fn run_writer(writer: &Writer<'_>, queue: mpsc::Receiver<Job>, commit_delay: Dur
             }
         }
         window.closed(group.len());
-        if let Err(error) = writer.begin.borrow_mut().execute([]) {
+        let begun = writer.begin.borrow_mut().execute([]);
+        if let Err(error) = begun {
             tracing::error!(%error, "cannot begin a write transaction");
             for job in group.drain(..) {
                 job(None);
@@ -666,8 +679,8 @@ fn event_row(conn: &Connection, room_id: RoomId, row: &Row<'_>) -> rusqlite::Res
     Ok(columns.into_record(room_id))
 }
 
-/// Statements run for every write go through the connection's statement cache: parsing SQL
-/// would otherwise cost as much as running it.
+/// Through the connection's statement cache: parsing the SQL would otherwise cost as much as
+/// running it.
 fn load_event(conn: &Connection, room_id: RoomId, seq: RoomSeq) -> rusqlite::Result<EventRecord> {
     conn.query_row_cached(
         concat!(event_select!(), " WHERE e.room_id = ?1 AND e.seq = ?2"),
@@ -747,7 +760,7 @@ fn db<T>(result: rusqlite::Result<T>) -> Result<T, StoreError> {
 
 /// Advances the room's sequence: the heart of "gapless, per room, assigned in the transaction
 /// that stores the change". For every change but a send (whose checks read `last_seq` already
-/// and call `advance_seq` directly): a job that fails after this rolls back to its savepoint,
+/// and which runs `ADVANCE_SEQ` through the `Writer`'s statement): a job that fails after this rolls back to its savepoint,
 /// taking the number back.
 fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
     let read: Option<u64> = db(conn
@@ -769,7 +782,8 @@ fn next_seq(conn: &Connection, room_id: RoomId) -> Result<RoomSeq, StoreError> {
 /// earlier job of the group, committed or rolled back to its savepoint, is what the reading
 /// saw), so the `last_seq = ?3` condition is a guard: were it ever false, the job would fail
 /// before writing (a send: `Isolation::ChecksFirst`) rather than take a number twice. A send
-/// that fails after this poisons its whole group, which takes the number back.
+/// that fails after this poisons its whole group, which takes the number back. A send runs the
+/// same statement, prepared once, through `advance_seq_with`.
 fn advance_seq(conn: &Connection, room_id: RoomId, read: RoomSeq) -> Result<RoomSeq, StoreError> {
     let mut advance = db(conn.prepare_cached(ADVANCE_SEQ))?;
     advance_seq_with(&mut advance, room_id, read)
@@ -1803,7 +1817,8 @@ mod reader_tests {
 #[cfg(test)]
 mod isolation_tests {
     use super::{Isolation, SqliteStore, db};
-    use natter_core::ports::store::{Store, StoreError};
+    use natter_core::ports::store::{Change, Store, StoreError};
+    use natter_protocol::{ClientMsgId, RoomId, RoomKind, RoomSeq};
 
     async fn usernames(store: &SqliteStore) -> Vec<String> {
         store
@@ -1860,6 +1875,64 @@ mod isolation_tests {
                 "{name}: {stored:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn after_a_group_is_rolled_back_the_writers_prepared_statements_serve_the_next_send() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("natter.db")).expect("open");
+        let ana = store
+            .create_user("ana", "Ana", "x", false)
+            .await
+            .expect("user");
+        let ana = ana.info.id;
+        let (room, _) = store
+            .create_channel(ana, RoomKind::Public, "r", "", 0)
+            .await
+            .expect("channel");
+        let send = |id: &str| Change::Send {
+            client_msg_id: ClientMsgId(id.into()),
+            body: format!("body of {id}"),
+            mentions: vec![],
+        };
+        let first = store
+            .append(room, ana, send("first"), 0)
+            .await
+            .expect("send");
+        // A refusal by the checks, then a group that a job poisons after writing: each leaves
+        // the writer's statements as they were, whatever step of theirs failed.
+        assert!(matches!(
+            store.append(RoomId(999_999), ana, send("nowhere"), 0).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let poisoned = store.write_then(
+            Isolation::ChecksFirst,
+            |writer| {
+                insert_user(writer, "half-done")?;
+                Err(StoreError::Unavailable("disk trouble".into()))
+            },
+            |_: &()| {},
+        );
+        let (before, poisoned, after) = tokio::join!(
+            store.append(room, ana, send("before"), 0),
+            poisoned,
+            store.append(room, ana, send("after"), 0),
+        );
+        assert!(poisoned.is_err());
+        let stored = [before, after].iter().filter(|sent| sent.is_ok()).count() as u64;
+        let next = store
+            .append(room, ana, send("next"), 0)
+            .await
+            .expect("send");
+        assert_eq!(next.record.seq, RoomSeq(first.record.seq.0 + stored + 1));
+        assert!(!next.duplicate);
+        // And a retry is still recognised by the prepared checks.
+        let retried = store
+            .append(room, ana, send("next"), 0)
+            .await
+            .expect("retry");
+        assert!(retried.duplicate);
+        assert_eq!(retried.record.seq, next.record.seq);
     }
 
     #[tokio::test]
