@@ -115,9 +115,15 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame, serde_json::Error>
     serde_json::from_str(text)
 }
 
+/// Room for a typical frame from the start: `serde_json::to_string` begins with 128 bytes, and
+/// a message's event or `sent` reply (300–500 bytes) grew through two reallocations, each a copy.
+const ENCODE_CAPACITY: usize = 512;
+
 /// Encodes any frame. Protocol types always serialize: their maps have string or integer keys.
 pub fn encode<T: Serialize>(frame: &T) -> String {
-    serde_json::to_string(frame).expect("protocol frames always serialize")
+    let mut bytes = Vec::with_capacity(ENCODE_CAPACITY);
+    serde_json::to_writer(&mut bytes, frame).expect("protocol frames always serialize");
+    String::from_utf8(bytes).expect("serde_json writes UTF-8")
 }
 
 #[cfg(test)]
